@@ -1,0 +1,132 @@
+//! Command-line types (clap derive only; behaviour lives in `cmd`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kz",
+    version,
+    about = "KeyZero: keep real credentials out of AI agents' reach",
+    long_about = "KeyZero resolves secrets from 1Password, Vault, AWS Secrets Manager or its embedded \
+                  local store at process start and hands them to the command it runs, so nothing \
+                  sits in plaintext files or source control.",
+    after_help = "Examples:\n  printf %s \"$OPENAI_KEY\" | kz secret set openai\n  kz run -- python agent.py\n  kz check"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve every secret in .keyzero.toml, then run a command with them in its environment
+    #[command(
+        after_help = "Examples:\n  kz run -- python agent.py\n  kz run -c ci.keyzero.toml --audit audit.jsonl -- ./deploy.sh\n  kz run --no-mask -- env | sort\n\n\
+Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed before starting it;\n\
+126 if it is not executable; 127 if it was not found."
+    )]
+    Run(RunArgs),
+    /// Resolve every secret and print NAME, provider, ref and status (never values)
+    #[command(
+        after_help = "Examples:\n  kz check\n  kz check -c ./deploy/.keyzero.toml\n\nExit status: 0 when every secret resolved, 125 otherwise."
+    )]
+    Check(CheckArgs),
+    /// Manage the embedded local store (the default backend, no service needed)
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file [default: $KZ_CONFIG, else the nearest .keyzero.toml from the working directory up]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Give the command opaque tokens and swap them for real values on the wire (needs `hosts`)
+    #[arg(long)]
+    pub blind: bool,
+    /// With --blind: run the command in its own network namespace (Linux)
+    #[arg(long, requires = "blind")]
+    pub isolate: bool,
+    /// Do not conceal secret values in the command's output
+    #[arg(long)]
+    pub no_mask: bool,
+    /// Append JSON audit lines to FILE (overrides [audit] path)
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// The command to run, after `--`
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Append JSON audit lines to FILE (overrides [audit] path)
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// Store file [default: [providers.local] path, $KZ_STORE, else ~/.local/share/keyzero/store.kz]
+    #[arg(long, value_name = "FILE")]
+    pub store: Option<PathBuf>,
+    /// Config file whose [providers.local] settings to use
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret; the value is read from stdin (hidden when typed), never from arguments
+    #[command(
+        after_help = "Examples:\n  kz secret set openai            (type the value; it is not echoed)\n  printf %s \"$TOKEN\" | kz secret set github\n  kz secret set db --store ./team.kz < password.txt\n\nOne trailing newline is dropped from piped input."
+    )]
+    Set {
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Print a secret's value
+    #[command(after_help = "Example:\n  kz secret get openai")]
+    Get {
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List secret names (never values)
+    #[command(after_help = "Example:\n  kz secret list")]
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove a secret
+    #[command(after_help = "Example:\n  kz secret rm openai")]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Print a new random key for KZ_LOCAL_KEY
+    #[command(after_help = "Example:\n  export KZ_LOCAL_KEY=$(kz secret keygen)")]
+    Keygen,
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}

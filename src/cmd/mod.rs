@@ -1,0 +1,83 @@
+//! Subcommands. Each returns an exit code or a `Failure` carrying every error line.
+
+pub mod check;
+pub mod run;
+pub mod secret;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::audit::Audit;
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config};
+use crate::env::{Env, ProcessEnv};
+use crate::provider::{resolve_all, ProviderSet, Resolved};
+
+/// Exit code when kz itself fails before or while starting the child.
+pub const EXIT_KZ: u8 = 125;
+
+/// A failed command: one line per problem, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub lines: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(code: u8, line: impl Into<String>) -> Self {
+        Failure {
+            code,
+            lines: vec![line.into()],
+        }
+    }
+    pub fn many(code: u8, lines: Vec<String>) -> Self {
+        Failure { code, lines }
+    }
+}
+
+pub type Outcome = Result<u8, Failure>;
+
+pub fn dispatch(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::check(args),
+        Command::Secret(cmd) => secret::secret(cmd),
+    }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(EXIT_KZ, format!("cannot start runtime: {e}")))
+}
+
+/// Finds and validates the config; every problem becomes one line.
+pub fn load_config(explicit: Option<&Path>, env: &dyn Env, code: u8) -> Result<Config, Failure> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let path = config::discover(explicit, env, &cwd)
+        .map_err(|e| Failure::many(code, e.to_string().lines().map(String::from).collect()))?;
+    config::load(&path)
+        .map_err(|e| Failure::many(code, e.to_string().lines().map(String::from).collect()))
+}
+
+pub fn open_audit(cfg: &Config, flag: Option<&Path>) -> Result<Audit, Failure> {
+    match flag
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.audit.as_ref().map(|a| a.path.clone()))
+    {
+        Some(p) => Audit::open(&p).map_err(|e| Failure::new(EXIT_KZ, e)),
+        None => Ok(Audit::disabled()),
+    }
+}
+
+/// Resolves every secret of `cfg` concurrently.
+pub async fn resolve_config(cfg: &Config, env: Arc<dyn Env>, audit: &Audit) -> Vec<Resolved> {
+    let set = ProviderSet::build(cfg, env);
+    resolve_all(&cfg.secrets, &set, audit).await
+}
+
+pub fn process_env() -> Arc<dyn Env> {
+    Arc::new(ProcessEnv)
+}

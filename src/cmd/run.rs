@@ -1,0 +1,89 @@
+//! `kz run`: resolve every secret first; start the child only when all required ones resolved.
+
+use std::collections::BTreeSet;
+
+use super::{
+    load_config, open_audit, process_env, resolve_config, runtime, Failure, Outcome, EXIT_KZ,
+};
+use crate::child::{self, ChildSpec};
+use crate::cli::RunArgs;
+use crate::config::{Config, ProviderKind};
+use crate::mask::{MaskSet, MIN_MASK_LEN};
+
+/// Variables that hold kz's own keys: never passed to the child.
+const KZ_KEYS: [&str; 3] = ["KZ_LOCAL_KEY", "KZ_JWT_SECRET", "KZ_IDENTITY_TOKEN"];
+
+/// The credentials kz used to reach a backend; the child does not inherit them unless the
+/// config hands them over as secrets of their own.
+fn backend_credentials(kind: ProviderKind) -> &'static [&'static str] {
+    match kind {
+        ProviderKind::Vault => &["VAULT_TOKEN", "VAULT_SECRET_ID"],
+        ProviderKind::AwsSm => &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ],
+        ProviderKind::OnePassword => &["OP_SERVICE_ACCOUNT_TOKEN", "OP_CONNECT_TOKEN"],
+        ProviderKind::Local | ProviderKind::Env | ProviderKind::File => &[],
+    }
+}
+
+pub fn removed_variables(cfg: &Config) -> Vec<String> {
+    let declared: BTreeSet<&str> = cfg.secrets.iter().map(|s| s.name.as_str()).collect();
+    let mut out: BTreeSet<&str> = KZ_KEYS.into_iter().collect();
+    for s in &cfg.secrets {
+        out.extend(backend_credentials(s.provider));
+    }
+    out.into_iter()
+        .filter(|v| !declared.contains(v))
+        .map(String::from)
+        .collect()
+}
+
+pub fn run(args: RunArgs) -> Outcome {
+    let env = process_env();
+    let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
+    if args.blind {
+        return Err(Failure::new(
+            EXIT_KZ,
+            "--blind is not available in this build yet (tracked as the blind-mode issue); run without it",
+        ));
+    }
+    let audit = open_audit(&cfg, args.audit.as_deref())?;
+    let rt = runtime()?;
+    let results = rt.block_on(resolve_config(&cfg, env, &audit));
+    let errors: Vec<String> = results.iter().filter_map(|r| r.error_line()).collect();
+    if !errors.is_empty() {
+        let mut lines = errors;
+        lines.push(format!(
+            "command not started: {} secret(s) failed to resolve",
+            lines.len()
+        ));
+        return Err(Failure::many(EXIT_KZ, lines));
+    }
+    let mut vars = Vec::new();
+    for r in results {
+        if let Ok(Some(v)) = r.outcome {
+            if !args.no_mask && !v.is_empty() && v.len() < MIN_MASK_LEN {
+                eprintln!(
+                    "kz: warning: {} is shorter than {MIN_MASK_LEN} characters and will not be masked in output",
+                    r.spec.name
+                );
+            }
+            vars.push((r.spec.name, v));
+        }
+    }
+    let mask = if args.no_mask {
+        None
+    } else {
+        MaskSet::new(vars.iter().map(|(_, v)| v.expose()))
+    };
+    let spec = ChildSpec {
+        command: args.command,
+        env: vars,
+        remove: removed_variables(&cfg),
+        mask,
+    };
+    rt.block_on(child::run(spec))
+        .map_err(|e| Failure::new(e.code, e.message))
+}

@@ -1,0 +1,891 @@
+//! `.keyzero.toml`: discovery, the data model, and validation that reports every problem at
+//! once with its key path. Parsing is pure (`parse_str`); `load` adds the file system.
+
+pub mod host;
+pub mod reader;
+mod uri;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::env::Env;
+pub use host::HostPattern;
+use reader::{join, type_name, unknown_key_message, Problems, Reader};
+
+pub const FILE_NAME: &str = ".keyzero.toml";
+
+/// The backends a secret can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProviderKind {
+    Local,
+    Env,
+    File,
+    Vault,
+    AwsSm,
+    OnePassword,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Local,
+        ProviderKind::Env,
+        ProviderKind::File,
+        ProviderKind::Vault,
+        ProviderKind::AwsSm,
+        ProviderKind::OnePassword,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Env => "env",
+            ProviderKind::File => "file",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsSm => "aws-sm",
+            ProviderKind::OnePassword => "1password",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of `[secrets]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The environment variable the child sees.
+    pub name: String,
+    pub provider: ProviderKind,
+    pub reference: String,
+    pub key: Option<String>,
+    pub version: Option<String>,
+    pub optional: bool,
+    pub hosts: Vec<HostPattern>,
+}
+
+/// `[providers.local]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalConfig {
+    pub path: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How kz logs in to Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// `VAULT_TOKEN`, then `~/.vault-token`, unless `token_env` names another variable.
+    Token { token_env: Option<String> },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id_env: Option<String>,
+        secret_id_file: Option<PathBuf>,
+    },
+    Jwt {
+        mount: String,
+        role: String,
+        jwt_env: Option<String>,
+        jwt_file: Option<PathBuf>,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+}
+
+pub const K8S_SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// `[providers.vault]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    pub address: Option<String>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub auth: VaultAuth,
+    /// Force a KV version instead of asking Vault about the mount.
+    pub kv_version: Option<u8>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            address: None,
+            namespace: None,
+            ca_cert: None,
+            auth: VaultAuth::Token { token_env: None },
+            kv_version: None,
+        }
+    }
+}
+
+/// `[providers.aws-sm]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+}
+
+/// `[providers.1password]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnePasswordConfig {
+    /// The `op` executable (default `op` on `PATH`).
+    pub op_path: Option<PathBuf>,
+    pub account: Option<String>,
+    pub connect_host: Option<String>,
+    pub connect_token_env: Option<String>,
+}
+
+/// Settings shared by every provider table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Providers {
+    pub local: LocalConfig,
+    pub vault: VaultConfig,
+    pub aws: AwsConfig,
+    pub onepassword: OnePasswordConfig,
+    /// Per-request timeout for each provider.
+    pub timeouts: BTreeMap<ProviderKind, Duration>,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Providers {
+    pub fn timeout(&self, kind: ProviderKind) -> Duration {
+        self.timeouts.get(&kind).copied().unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// `[network]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `None`: every destination allowed.
+    pub allow: Option<Vec<HostPattern>>,
+    pub hosts: BTreeMap<String, IpAddr>,
+    pub allow_private: bool,
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+}
+
+/// A validated `.keyzero.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Where it was read from (`None` for an in-memory config).
+    pub path: Option<PathBuf>,
+    /// Secrets in name order.
+    pub secrets: Vec<SecretSpec>,
+    pub providers: Providers,
+    pub network: NetworkConfig,
+    pub server: Option<ServerConfig>,
+    pub audit: Option<AuditConfig>,
+}
+
+/// Every problem in one file; `Display` prints one per line, prefixed with the file name.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {p}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(file: &str, msg: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            problems: vec![msg.into()],
+        }
+    }
+}
+
+/// Finds the config: `-c`, then `KZ_CONFIG`, then the nearest `.keyzero.toml` from `cwd` up.
+pub fn discover(
+    explicit: Option<&Path>,
+    env: &dyn Env,
+    cwd: &Path,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = env.nonempty("KZ_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut dir = Some(cwd);
+    while let Some(d) = dir {
+        let candidate = d.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(ConfigError::one(
+        FILE_NAME,
+        format!(
+            "not found in {} or any parent directory (create one, or pass -c FILE / set KZ_CONFIG)",
+            cwd.display()
+        ),
+    ))
+}
+
+/// Reads and validates a config file; relative paths inside it are resolved against its directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(&shown, format!("cannot read: {}", io_reason(&e))))?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut cfg = parse_str(&text, &shown, &base)?;
+    cfg.path = Some(path.to_path_buf());
+    Ok(cfg)
+}
+
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string().to_lowercase(),
+    }
+}
+
+/// Parses and validates config text. `file` names it in errors; `base` anchors relative paths.
+pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().to_lowercase();
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: ")
+            })
+            .unwrap_or_default();
+        ConfigError::one(file, format!("{at}invalid toml: {msg}"))
+    })?;
+    let mut p = Problems::default();
+    let mut root = Reader::new("", &table);
+    let mut cfg = Config::default();
+
+    if let Some(t) = root.table("providers", &mut p) {
+        cfg.providers = parse_providers(t, base, &mut p);
+    }
+    if let Some(t) = root.table("secrets", &mut p) {
+        for (name, value) in t {
+            if let Some(spec) = parse_secret(name, value, &mut p) {
+                cfg.secrets.push(spec);
+            }
+        }
+    }
+    if let Some(t) = root.table("network", &mut p) {
+        cfg.network = parse_network(t, base, &mut p);
+    }
+    if let Some(t) = root.table("server", &mut p) {
+        cfg.server = parse_server(t, base, &mut p);
+    }
+    if let Some(t) = root.table("audit", &mut p) {
+        let mut r = Reader::new("audit", t);
+        if let Some(path) = r.nonempty_string("path", &mut p) {
+            cfg.audit = Some(AuditConfig {
+                path: base.join(path),
+            });
+        } else if !t.contains_key("path") {
+            p.push("audit.path", "missing (the file to append audit lines to)");
+        }
+        r.finish(&mut p);
+    }
+    root.finish(&mut p);
+    if p.0.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError {
+            file: file.to_string(),
+            problems: p.0,
+        })
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<SecretSpec> {
+    let path = join("secrets", name);
+    if !valid_env_name(name) {
+        p.push(
+            &path,
+            "not a valid environment variable name (letters, digits and '_', not starting with a digit)",
+        );
+    }
+    let table = match value {
+        toml::Value::String(s) => {
+            return match uri::parse_shorthand(s) {
+                Ok(parts) => Some(SecretSpec {
+                    name: name.to_string(),
+                    provider: parts.provider,
+                    reference: parts.reference,
+                    key: parts.key,
+                    version: parts.version,
+                    optional: parts.optional,
+                    hosts: Vec::new(),
+                }),
+                Err(e) => {
+                    p.push(&path, e);
+                    None
+                }
+            };
+        }
+        toml::Value::Table(t) => t,
+        other => {
+            p.push(
+                &path,
+                format!(
+                    "expected a table {{ provider = ..., ref = ... }} or a uri string, found {}",
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let mut r = Reader::new(path.clone(), table);
+    let before = p.0.len();
+    let provider = match r.string("provider", p) {
+        Some(s) => match ProviderKind::parse(&s) {
+            Some(k) => Some(k),
+            None => {
+                let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.name()).collect();
+                let hint = match reader::suggest(&s, names.iter().copied()) {
+                    Some(m) => format!(" (did you mean {m:?}?)"),
+                    None => format!(" (expected one of: {})", names.join(", ")),
+                };
+                p.push(
+                    &r.key_path("provider"),
+                    format!("unknown provider {s:?}{hint}"),
+                );
+                None
+            }
+        },
+        None => {
+            if !table.contains_key("provider") {
+                p.push(&r.key_path("provider"), "missing");
+            }
+            None
+        }
+    };
+    let reference = r.nonempty_string("ref", p);
+    if reference.is_none() && !table.contains_key("ref") {
+        p.push(&r.key_path("ref"), "missing");
+    }
+    let key = r.nonempty_string("key", p);
+    let version = match r.raw("version") {
+        Some(toml::Value::Integer(n)) => Some(n.to_string()),
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(other) => {
+            p.push(
+                &r.key_path("version"),
+                format!("expected a string or integer, found {}", type_name(other)),
+            );
+            None
+        }
+        None => None,
+    };
+    let optional = r.bool("optional", p).unwrap_or(false);
+    let mut hosts = Vec::new();
+    if let Some(list) = r.string_list("hosts", p) {
+        for (i, h) in list.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(h) => hosts.push(h),
+                Err(e) => p.push(&format!("{}[{i}]", r.key_path("hosts")), e),
+            }
+        }
+    }
+    r.finish(p);
+    if let (Some(kind), Some(reference)) = (provider, &reference) {
+        if let Err(e) = check_reference(kind, reference, key.as_deref(), version.as_deref()) {
+            p.push(&path, e);
+        }
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(SecretSpec {
+        name: name.to_string(),
+        provider: provider?,
+        reference: reference?,
+        key,
+        version,
+        optional,
+        hosts,
+    })
+}
+
+/// Provider-specific shape checks that need no I/O.
+fn check_reference(
+    kind: ProviderKind,
+    reference: &str,
+    key: Option<&str>,
+    version: Option<&str>,
+) -> Result<(), String> {
+    match kind {
+        ProviderKind::OnePassword => {
+            let rest = reference.strip_prefix("op://").ok_or_else(|| {
+                format!(
+                    "1password ref {reference:?} must look like op://vault/item[/section]/field"
+                )
+            })?;
+            let parts: Vec<&str> = rest.split('/').collect();
+            if !(3..=4).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
+                return Err(format!(
+                    "1password ref {reference:?} must look like op://vault/item[/section]/field"
+                ));
+            }
+            if version.is_some() {
+                return Err("1password secrets do not take a version".into());
+            }
+        }
+        ProviderKind::Env => {
+            if !valid_env_name(reference) {
+                return Err(format!("env ref {reference:?} is not a variable name"));
+            }
+            if key.is_some() || version.is_some() {
+                return Err("env secrets take neither key nor version".into());
+            }
+        }
+        ProviderKind::Local | ProviderKind::File => {
+            if version.is_some() {
+                return Err(format!("{kind} secrets do not take a version"));
+            }
+            if kind == ProviderKind::Local && key.is_some() {
+                return Err("local secrets do not take a key".into());
+            }
+        }
+        ProviderKind::Vault => {
+            if reference.starts_with('/') || reference.contains("//") {
+                return Err(format!(
+                    "vault ref {reference:?} must be a path like secret/data/app/token"
+                ));
+            }
+            if let Some(v) = version {
+                if v.parse::<u64>().is_err() {
+                    return Err(format!("vault version {v:?} must be a number"));
+                }
+            }
+        }
+        ProviderKind::AwsSm => {}
+    }
+    Ok(())
+}
+
+fn parse_providers(t: &toml::Table, base: &Path, p: &mut Problems) -> Providers {
+    let mut out = Providers::default();
+    for (name, value) in t {
+        let path = join("providers", name);
+        let Some(kind) = ProviderKind::parse(name) else {
+            let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.name()).collect();
+            p.push(
+                &path,
+                unknown_key_message(name, &names).replace("key", "provider"),
+            );
+            continue;
+        };
+        let toml::Value::Table(table) = value else {
+            p.push(
+                &path,
+                format!("expected a table, found {}", type_name(value)),
+            );
+            continue;
+        };
+        let mut r = Reader::new(path, table);
+        if let Some(d) = r.duration("timeout", p) {
+            out.timeouts.insert(kind, d);
+        }
+        match kind {
+            ProviderKind::Local => {
+                out.local.path = r.nonempty_string("path", p).map(|s| base.join(s));
+                out.local.key_file = r.nonempty_string("key_file", p).map(|s| base.join(s));
+            }
+            ProviderKind::Vault => out.vault = parse_vault(&mut r, base, p),
+            ProviderKind::AwsSm => {
+                out.aws.region = r.nonempty_string("region", p);
+                out.aws.endpoint = r.nonempty_string("endpoint", p);
+                out.aws.profile = r.nonempty_string("profile", p);
+                if let Some(e) = &out.aws.endpoint {
+                    check_url(e, &r.key_path("endpoint"), p);
+                }
+            }
+            ProviderKind::OnePassword => {
+                out.onepassword.op_path = r.nonempty_string("op_path", p).map(PathBuf::from);
+                out.onepassword.account = r.nonempty_string("account", p);
+                out.onepassword.connect_host = r.nonempty_string("connect_host", p);
+                out.onepassword.connect_token_env = r.nonempty_string("connect_token_env", p);
+                if let Some(h) = &out.onepassword.connect_host {
+                    check_url(h, &r.key_path("connect_host"), p);
+                }
+            }
+            ProviderKind::Env | ProviderKind::File => {}
+        }
+        r.finish(p);
+    }
+    out
+}
+
+fn check_url(url: &str, path: &str, p: &mut Problems) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        p.push(path, format!("{url:?} must be an http:// or https:// url"));
+    }
+}
+
+fn parse_vault(r: &mut Reader<'_>, base: &Path, p: &mut Problems) -> VaultConfig {
+    let mut v = VaultConfig {
+        address: r.nonempty_string("address", p),
+        namespace: r.nonempty_string("namespace", p),
+        ca_cert: r.nonempty_string("ca_cert", p).map(|s| base.join(s)),
+        ..VaultConfig::default()
+    };
+    if let Some(a) = &v.address {
+        check_url(a, &r.key_path("address"), p);
+    }
+    match r.raw("kv_version") {
+        Some(toml::Value::Integer(n)) if *n == 1 || *n == 2 => v.kv_version = Some(*n as u8),
+        Some(_) => p.push(&r.key_path("kv_version"), "must be 1 or 2"),
+        None => {}
+    }
+    if let Some(auth) = r.table("auth", p) {
+        let mut a = Reader::new(r.key_path("auth"), auth);
+        let method = a.string("method", p).unwrap_or_else(|| "token".into());
+        let mount = |a: &mut Reader<'_>, p: &mut Problems, default: &str| {
+            a.nonempty_string("mount", p)
+                .unwrap_or_else(|| default.to_string())
+        };
+        let required = |a: &mut Reader<'_>, p: &mut Problems, key: &'static str| {
+            let got = a.nonempty_string(key, p);
+            if got.is_none() && a.raw(key).is_none() {
+                p.push(
+                    &a.key_path(key),
+                    format!("missing (needed by method {method:?})"),
+                );
+            }
+            got.unwrap_or_default()
+        };
+        v.auth = match method.as_str() {
+            "token" => VaultAuth::Token {
+                token_env: a.nonempty_string("token_env", p),
+            },
+            "approle" => {
+                let m = mount(&mut a, p, "approle");
+                let role_id = required(&mut a, p, "role_id");
+                let secret_id_env = a.nonempty_string("secret_id_env", p);
+                let secret_id_file = a.nonempty_string("secret_id_file", p).map(|s| base.join(s));
+                VaultAuth::AppRole {
+                    mount: m,
+                    role_id,
+                    secret_id_env,
+                    secret_id_file,
+                }
+            }
+            "jwt" => {
+                let m = mount(&mut a, p, "jwt");
+                let role = required(&mut a, p, "role");
+                let jwt_env = a.nonempty_string("jwt_env", p);
+                let jwt_file = a.nonempty_string("jwt_file", p).map(|s| base.join(s));
+                if jwt_env.is_none() && jwt_file.is_none() {
+                    p.push(&a.path, "method \"jwt\" needs jwt_env or jwt_file");
+                }
+                VaultAuth::Jwt {
+                    mount: m,
+                    role,
+                    jwt_env,
+                    jwt_file,
+                }
+            }
+            "kubernetes" => {
+                let m = mount(&mut a, p, "kubernetes");
+                let role = required(&mut a, p, "role");
+                let jwt_file = a
+                    .nonempty_string("jwt_file", p)
+                    .map(|s| base.join(s))
+                    .unwrap_or_else(|| PathBuf::from(K8S_SA_TOKEN));
+                VaultAuth::Kubernetes {
+                    mount: m,
+                    role,
+                    jwt_file,
+                }
+            }
+            other => {
+                let hint = reader::suggest(other, ["token", "approle", "jwt", "kubernetes"])
+                    .map(|m| format!(" (did you mean {m:?}?)"))
+                    .unwrap_or_else(|| " (expected token, approle, jwt or kubernetes)".into());
+                p.push(
+                    &a.key_path("method"),
+                    format!("unknown auth method {other:?}{hint}"),
+                );
+                // Read the other keys so they are not reported as unknown on top.
+                for k in [
+                    "mount",
+                    "role",
+                    "role_id",
+                    "secret_id_env",
+                    "secret_id_file",
+                    "jwt_env",
+                    "jwt_file",
+                    "token_env",
+                ] {
+                    a.raw(k);
+                }
+                VaultAuth::Token { token_env: None }
+            }
+        };
+        a.finish(p);
+    }
+    v
+}
+
+fn parse_network(t: &toml::Table, base: &Path, p: &mut Problems) -> NetworkConfig {
+    let mut r = Reader::new("network", t);
+    let mut n = NetworkConfig::default();
+    if let Some(list) = r.string_list("allow", p) {
+        let mut pats = Vec::new();
+        for (i, h) in list.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(h) => pats.push(h),
+                Err(e) => p.push(&format!("network.allow[{i}]"), e),
+            }
+        }
+        n.allow = Some(pats);
+    }
+    if let Some(hosts) = r.table("hosts", p) {
+        for (name, v) in hosts {
+            let path = join("network.hosts", name);
+            match v {
+                toml::Value::String(s) => match s.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        n.hosts.insert(name.to_ascii_lowercase(), ip);
+                    }
+                    Err(_) => p.push(&path, format!("{s:?} is not an ip address")),
+                },
+                other => p.push(
+                    &path,
+                    format!("expected an ip address string, found {}", type_name(other)),
+                ),
+            }
+        }
+    }
+    n.allow_private = r.bool("allow_private", p).unwrap_or(false);
+    n.upstream_ca = r.nonempty_string("upstream_ca", p).map(|s| base.join(s));
+    r.finish(p);
+    n
+}
+
+fn parse_server(t: &toml::Table, base: &Path, p: &mut Problems) -> Option<ServerConfig> {
+    let mut r = Reader::new("server", t);
+    let url = r.nonempty_string("url", p);
+    if url.is_none() && !t.contains_key("url") {
+        p.push("server.url", "missing");
+    }
+    if let Some(u) = &url {
+        check_url(u, "server.url", p);
+    }
+    let token_file = r.nonempty_string("token_file", p).map(|s| base.join(s));
+    let token_env = r.nonempty_string("token_env", p);
+    if token_file.is_some() && token_env.is_some() {
+        p.push("server", "set token_file or token_env, not both");
+    }
+    r.finish(p);
+    Some(ServerConfig {
+        url: url?,
+        token_file,
+        token_env,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, ".keyzero.toml", Path::new("/proj"))
+    }
+
+    #[test]
+    fn the_seed_form_parses_verbatim() {
+        let cfg = parse(
+            r#"
+[secrets]
+OPENAI_API_KEY  = { provider = "1password", ref = "op://Dev/OpenAI/api-key" }
+GITHUB_TOKEN    = { provider = "vault",     ref = "secret/data/prod/github/token", hosts = ["api.github.com", "github.com"] }
+SLACK_BOT_TOKEN = { provider = "aws-sm",    ref = "prod/slack-bot-token", hosts = ["slack.com", "*.slack.com"] }
+LOCAL_KEY       = { provider = "local",     ref = "openai" }
+FROM_ENV        = { provider = "env",       ref = "CI_OPENAI_KEY" }
+FROM_FILE       = { provider = "file",      ref = "/run/secrets/db.json", key = "/password" }
+SHORT           = "vault://secret/data/prod/github#token"
+
+[providers.vault]
+address = "https://vault.internal:8200"
+auth = { method = "token" }
+
+[providers.aws-sm]
+region = "eu-west-1"
+endpoint = "http://127.0.0.1:5000"
+
+[providers.1password]
+
+[network]
+allow = ["api.openai.com", "*.github.com"]
+hosts = { "api.kz.test" = "127.0.0.1" }
+allow_private = false
+upstream_ca = "certs/corp-ca.pem"
+
+[server]
+url = "https://keyzero.internal:8787"
+token_file = "/var/run/secrets/tokens/keyzero"
+
+[audit]
+path = "kz-audit.jsonl"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.secrets.len(), 7);
+        let gh = cfg
+            .secrets
+            .iter()
+            .find(|s| s.name == "GITHUB_TOKEN")
+            .unwrap();
+        assert_eq!(gh.provider, ProviderKind::Vault);
+        assert_eq!(gh.hosts.len(), 2);
+        let short = cfg.secrets.iter().find(|s| s.name == "SHORT").unwrap();
+        assert_eq!(short.reference, "secret/data/prod/github");
+        assert_eq!(short.key.as_deref(), Some("token"));
+        assert_eq!(cfg.providers.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            cfg.network.upstream_ca,
+            Some(PathBuf::from("/proj/certs/corp-ca.pem"))
+        );
+        assert_eq!(
+            cfg.audit.unwrap().path,
+            PathBuf::from("/proj/kz-audit.jsonl")
+        );
+        assert_eq!(cfg.network.hosts["api.kz.test"].to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let err = parse(
+            r#"
+[secrets]
+A = { provider = "vualt", ref = "x" }
+B = { provider = "env", ref = "X", hostz = ["a.com"] }
+C = { provider = "local" }
+"1BAD" = "env://X"
+D = { provider = "aws-sm", ref = "x", hosts = ["https://x.com"] }
+
+[providers.vault]
+adress = "https://v"
+
+[netwrk]
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 6, "{text}");
+        for want in [
+            ".keyzero.toml: secrets.A.provider: unknown provider \"vualt\" (did you mean \"vault\"?)",
+            ".keyzero.toml: secrets.B.hostz: unknown key (did you mean \"hosts\"?)",
+            ".keyzero.toml: secrets.C.ref: missing",
+            ".keyzero.toml: secrets.1BAD: not a valid environment variable name",
+            ".keyzero.toml: secrets.D.hosts[0]: invalid host pattern",
+            ".keyzero.toml: providers.vault.adress: unknown key (did you mean \"address\"?)",
+            ".keyzero.toml: netwrk: unknown key (did you mean \"network\"?)",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse("[secrets]\nA = { provider = \n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(".keyzero.toml: line 2: invalid toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vault_auth_methods() {
+        let cfg = parse(
+            "[providers.vault]\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"SID\" }\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(cfg.providers.vault.auth, VaultAuth::AppRole { ref mount, .. } if mount == "approle")
+        );
+        let err = parse("[providers.vault]\nauth = { method = \"kubernetes\" }\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("providers.vault.auth.role: missing"),
+            "{err}"
+        );
+        let err = parse("[providers.vault]\nauth = { method = \"aprole\" }\n").unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean \"approle\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn discovery_walks_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), "").unwrap();
+        let env = crate::env::MapEnv::default();
+        assert_eq!(
+            discover(None, &env, &nested).unwrap(),
+            dir.path().join(FILE_NAME)
+        );
+        let env = crate::env::MapEnv::from_pairs([("KZ_CONFIG", "/x.toml")]);
+        assert_eq!(
+            discover(None, &env, &nested).unwrap(),
+            PathBuf::from("/x.toml")
+        );
+        assert_eq!(
+            discover(Some(Path::new("/y.toml")), &env, &nested).unwrap(),
+            PathBuf::from("/y.toml")
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! KeyZero (`kz`): keeps real credentials out of AI agents' reach.
+//!
+//! Modules, from the outside in:
+//! - [`cli`]: clap types for every command.
+//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`).
+//! - [`config`]: `.keyzero.toml` discovery, parsing and whole-file validation.
+//! - [`provider`]: the `Provider` trait, one module per backend, concurrent resolution.
+//! - [`mask`]: the streaming masker that conceals secret values in a child's output.
+//! - [`child`]: spawning the child, forwarding signals, mapping exit statuses.
+//! - [`audit`]: JSON-lines audit log.
+//! - [`secret`]: the zeroizing secret value type.
+//! - [`env`]: environment access behind a trait so tests can pass a map.
+//! - [`http`]: the small HTTPS client the providers share.
+//! - [`time`]: timestamps for audit lines and request signing.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod child;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod env;
+pub mod http;
+pub mod mask;
+pub mod provider;
+pub mod secret;
+pub mod time;

@@ -1,0 +1,17 @@
+//! The `kz` binary: parse the command line, run the command, map the outcome to an exit code.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = kz::cli::parse();
+    match kz::cmd::dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            for line in &failure.lines {
+                eprintln!("kz: {line}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}

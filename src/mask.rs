@@ -1,0 +1,237 @@
+//! Streaming masker for a child's output: every secret value, and its base64 and URL-encoded
+//! forms, becomes `<concealed by kz>`, also when a value is split across writes. Pure over byte
+//! chunks; the caller does the I/O.
+//!
+//! After each chunk the masker emits everything except the longest tail that could still be the
+//! beginning of a value (the overlap), so output is delayed only while it might be a secret.
+//! Matching is leftmost-longest, so a value that contains another is concealed whole.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine;
+use zeroize::Zeroizing;
+
+pub const CONCEALED: &[u8] = b"<concealed by kz>";
+
+/// Values shorter than this are not masked: concealing every `a` or `42` would garble output.
+pub const MIN_MASK_LEN: usize = 4;
+
+/// The encoded forms of a value that are concealed along with it.
+pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out: Vec<Zeroizing<Vec<u8>>> = vec![Zeroizing::new(value.as_bytes().to_vec())];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(Zeroizing::new(engine.encode(value).into_bytes()));
+    }
+    out.push(Zeroizing::new(
+        percent_encoding::utf8_percent_encode(value, URL_ENCODE_SET)
+            .to_string()
+            .into_bytes(),
+    ));
+    out.push(Zeroizing::new(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .into_bytes(),
+    ));
+    let mut seen = HashSet::new();
+    out.retain(|f| f.len() >= MIN_MASK_LEN && seen.insert(f.to_vec()));
+    out
+}
+
+/// Everything but RFC 3986 unreserved characters, as `encodeURIComponent`-style encoders do.
+const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The compiled patterns, shared by the stdout and stderr maskers.
+pub struct MaskSet {
+    ac: AhoCorasick,
+    /// Every proper prefix of every pattern, to find the overlap that must be held back.
+    prefixes: PrefixSet,
+    max_len: usize,
+}
+
+/// Prefixes of secret values; wiped when dropped.
+#[derive(Default)]
+struct PrefixSet(HashSet<Vec<u8>>);
+
+impl Drop for PrefixSet {
+    fn drop(&mut self) {
+        for mut p in std::mem::take(&mut self.0) {
+            zeroize::Zeroize::zeroize(&mut p);
+        }
+    }
+}
+
+impl MaskSet {
+    /// `None` when no value is long enough to mask.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Arc<MaskSet>> {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        for v in values {
+            if v.len() >= MIN_MASK_LEN {
+                patterns.extend(forms(v));
+            }
+        }
+        if patterns.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns.iter().map(|p| p.as_slice()))
+            .expect("patterns compile");
+        let mut prefixes = PrefixSet::default();
+        for p in &patterns {
+            for n in 1..p.len() {
+                prefixes.0.insert(p[..n].to_vec());
+            }
+        }
+        let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        Some(Arc::new(MaskSet {
+            ac,
+            prefixes,
+            max_len,
+        }))
+    }
+
+    pub fn masker(self: &Arc<Self>) -> Masker {
+        Masker {
+            set: self.clone(),
+            pending: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// Length of the longest suffix of `buf` that is a proper prefix of some pattern.
+    fn overlap(&self, buf: &[u8]) -> usize {
+        let longest = buf.len().min(self.max_len.saturating_sub(1));
+        (1..=longest)
+            .rev()
+            .find(|&k| self.prefixes.0.contains(&buf[buf.len() - k..]))
+            .unwrap_or(0)
+    }
+}
+
+/// One output stream's masking state.
+pub struct Masker {
+    set: Arc<MaskSet>,
+    pending: Zeroizing<Vec<u8>>,
+}
+
+impl Masker {
+    /// Feeds a chunk; appends to `out` what can be released now.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(chunk);
+        let boundary = self.pending.len() - self.set.overlap(&self.pending);
+        self.release(boundary, out);
+    }
+
+    /// End of stream: releases everything still held.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let len = self.pending.len();
+        self.release(len, out);
+    }
+
+    fn release(&mut self, boundary: usize, out: &mut Vec<u8>) {
+        let mut emitted = 0;
+        for m in self.set.ac.find_iter(&self.pending[..]) {
+            // A match starting in the held tail may still grow; leave it for the next chunk.
+            if m.start() >= boundary {
+                break;
+            }
+            out.extend_from_slice(&self.pending[emitted..m.start()]);
+            out.extend_from_slice(CONCEALED);
+            emitted = m.end();
+        }
+        let upto = boundary.max(emitted);
+        if upto > emitted {
+            out.extend_from_slice(&self.pending[emitted..upto]);
+        }
+        self.pending.drain(..upto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mask_chunks(set: &Arc<MaskSet>, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut m = set.masker();
+        let mut out = Vec::new();
+        for c in chunks {
+            m.push(c, &mut out);
+        }
+        m.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn conceals_value_and_encodings() {
+        let set = MaskSet::new(["s3cr3t/val+ue"]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t/val+ue");
+        let input = format!("a s3cr3t/val+ue b {b64} c s3cr3t%2Fval%2Bue d");
+        let out = mask_chunks(&set, &[input.as_bytes()]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a <concealed by kz> b <concealed by kz> c <concealed by kz> d"
+        );
+    }
+
+    #[test]
+    fn split_across_writes_and_partial_prefixes_released() {
+        let set = MaskSet::new(["hunter2hunter2"]).unwrap();
+        let out = mask_chunks(&set, &[b"x hun", b"ter2hu", b"nter2 y"]);
+        assert_eq!(out, b"x <concealed by kz> y");
+        // A prefix that never completes comes out unchanged, and text that cannot start a
+        // value is released at once.
+        let mut m = set.masker();
+        let mut out = Vec::new();
+        m.push(b"prompt> hunt", &mut out);
+        assert_eq!(out, b"prompt> ");
+        m.push(b"ing", &mut out);
+        assert_eq!(out, b"prompt> hunting");
+    }
+
+    #[test]
+    fn longest_match_first() {
+        let set = MaskSet::new(["abcd", "abcdefgh"]).unwrap();
+        assert_eq!(
+            mask_chunks(&set, &[b"abcd", b"efgh!"]),
+            b"<concealed by kz>!"
+        );
+        assert_eq!(mask_chunks(&set, &[b"abcdX"]), b"<concealed by kz>X");
+    }
+
+    #[test]
+    fn short_values_are_not_masked() {
+        assert!(MaskSet::new(["abc"]).is_none());
+    }
+
+    proptest! {
+        /// However the output is split into writes, no value survives and the rest is intact.
+        #[test]
+        fn any_split_conceals(
+            secret in "[a-zA-Z0-9+/=]{4,24}",
+            noise in proptest::collection::vec("[ -~]{0,12}", 1..6),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+        ) {
+            let set = MaskSet::new([secret.as_str()]).unwrap();
+            let text = noise.join(&secret);
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points { chunks.push(&bytes[last..p]); last = p; }
+            chunks.push(&bytes[last..]);
+            let whole = mask_chunks(&set, &[bytes]);
+            let split = mask_chunks(&set, &chunks);
+            prop_assert_eq!(&whole, &split);
+            let s = String::from_utf8(split).unwrap().replace("<concealed by kz>", "\0");
+            prop_assert!(!s.contains(&secret));
+        }
+    }
+}
