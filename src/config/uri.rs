@@ -53,9 +53,11 @@ pub fn parse_shorthand(s: &str) -> Result<Parts, String> {
             Some(("version", v)) if !v.is_empty() => version = Some(v.to_string()),
             Some(("optional", "true")) => optional = true,
             Some(("optional", "false")) => optional = false,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown query parameter {pair:?} in {s:?} (expected version=... or optional=true)"
-            )),
+            ))
+            }
         }
     }
     if path.is_empty() {

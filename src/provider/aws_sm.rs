@@ -311,29 +311,10 @@ impl AwsSmProvider {
             .client
             .send(http_req, crate::config::DEFAULT_TIMEOUT)
             .await?;
-        let v: Value = resp.json().map_err(ProviderError::backend)?;
         if !resp.status.is_success() {
-            let ty = v
-                .get("__type")
-                .and_then(Value::as_str)
-                .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
-                .unwrap_or_default();
-            let code = resp.status.as_u16();
-            return Err(match ty.as_str() {
-                "ResourceNotFoundException" => {
-                    ProviderError::not_found(format!("not found ({ty})"))
-                }
-                "AccessDeniedException"
-                | "UnrecognizedClientException"
-                | "InvalidSignatureException"
-                | "ExpiredTokenException"
-                | "IncompleteSignature" => {
-                    ProviderError::denied(format!("access denied ({code} {ty})"))
-                }
-                "" => ProviderError::backend(format!("aws error ({code})")),
-                _ => ProviderError::backend(format!("aws error ({code} {ty})")),
-            });
+            return Err(aws_error(&resp));
         }
+        let v: Value = resp.json().map_err(ProviderError::backend)?;
         let text = match (
             v.get("SecretString").and_then(Value::as_str),
             v.get("SecretBinary").and_then(Value::as_str),
@@ -359,6 +340,33 @@ impl AwsSmProvider {
             Some(k) => pick_key(&text, k),
             None => Ok(SecretValue::new(text.as_str())),
         }
+    }
+}
+
+/// Maps an AWS error response (JSON `__type`, or an XML `<Code>`) to a provider error.
+fn aws_error(resp: &crate::http::Response) -> ProviderError {
+    let ty = match resp.json() {
+        Ok(v) => v
+            .get("__type")
+            .and_then(Value::as_str)
+            .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+            .unwrap_or_default(),
+        Err(_) => xml_field(&String::from_utf8_lossy(&resp.body), "Code").unwrap_or_default(),
+    };
+    let code = resp.status.as_u16();
+    match ty.as_str() {
+        "ResourceNotFoundException" => ProviderError::not_found(format!("not found ({ty})")),
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "ExpiredTokenException"
+        | "IncompleteSignature" => ProviderError::denied(format!("access denied ({code} {ty})")),
+        "" if code == 403 => ProviderError::denied(format!("access denied ({code})")),
+        "" => ProviderError::backend(format!("aws error ({code})")),
+        _ => ProviderError::backend(format!("aws error ({code} {ty})")),
     }
 }
 

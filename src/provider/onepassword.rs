@@ -178,6 +178,7 @@ async fn op_read(
             || lower.contains("isn't a field")
             || lower.contains("not found")
             || lower.contains("no item")
+            || lower.contains("does not have a field")
         {
             ProviderError::not_found(text)
         } else if lower.contains("not signed in")

@@ -214,6 +214,14 @@ impl VaultProvider {
     }
 
     async fn mount_for(&self, reference: &str, token: &str) -> Result<Mount, ProviderError> {
+        // A configured KV version skips the preflight: the mount is the first path segment.
+        if let Some(version) = self.kv_version {
+            let first = reference.split('/').next().unwrap_or(reference);
+            return Ok(Mount {
+                path: format!("{first}/"),
+                version,
+            });
+        }
         if let Some(m) = self
             .mounts
             .lock()

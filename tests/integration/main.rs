@@ -1,1 +1,10 @@
+//! kz's integration tests: one binary, one module per area. Every test runs the real `kz`
+//! binary against real components (moto, real TLS) or stand-ins that follow the documented wire
+//! contract where the real thing cannot be installed (Vault, 1Password).
 
+mod aws;
+mod local;
+mod onepassword;
+mod run;
+mod util;
+mod vault;

@@ -1,0 +1,226 @@
+//! Test harness: a sandbox with its own HOME and config, a `kz` command builder, and helpers
+//! that start the stand-in servers and moto on loopback and stop them on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kz_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kz"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The Python with the test dependencies (`moto[server]`): `KZ_TEST_PYTHON`, else the venv that
+/// `scripts/test` creates.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("KZ_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "test python not found at {}: run scripts/test (it creates the venv) or set KZ_TEST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+/// A temporary project directory with its own HOME.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    pub fn config(&self, content: &str) -> PathBuf {
+        self.write(".keyzero.toml", content)
+    }
+
+    /// `kz` with a clean environment: PATH, HOME and nothing else.
+    pub fn kz(&self) -> Command {
+        let mut c = Command::new(kz_bin());
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .current_dir(self.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Stores `value` as `name` in this sandbox's local store.
+    pub fn store(&self, name: &str, value: &str) {
+        let mut c = self.kz();
+        c.args(["secret", "set", name]).stdin(Stdio::piped());
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "secret set failed: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out: Output = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// A background server, killed on drop.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a fixture script that prints `PORT <n>` once it listens.
+pub fn start_script(script: &str, args: &[&Path]) -> Service {
+    let mut child = Command::new(python())
+        .arg(fixture(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{script} did not start: {line:?}"));
+    Service { child, port }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real moto server (AWS wire protocol) on loopback.
+pub fn start_moto(env: &[(&str, &str)]) -> Service {
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let svc = Service { child, port };
+    wait_for_port(port, "moto");
+    svc
+}
+
+/// Runs a fixture Python script to completion and parses its JSON output.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(fixture(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
