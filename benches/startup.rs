@@ -16,7 +16,11 @@ fn kz() -> &'static str {
 
 fn time_it(mut cmd: Command) -> Duration {
     let start = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
     let d = start.elapsed();
     assert!(status.success(), "{cmd:?} failed");
     d
@@ -42,7 +46,11 @@ fn local_startup(dir: &Path) {
             .stdin(Stdio::piped())
             .stderr(Stdio::null());
         let mut ch = c.spawn().unwrap();
-        ch.stdin.take().unwrap().write_all(format!("value-{i}-0123456789abcdef").as_bytes()).unwrap();
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("value-{i}-0123456789abcdef").as_bytes())
+            .unwrap();
         assert!(ch.wait().unwrap().success());
         cfg.push_str(&format!("S{i} = \"local://s{i}\"\n"));
     }
@@ -52,20 +60,29 @@ fn local_startup(dir: &Path) {
     for _ in 0..rounds {
         plain.push(time_it(Command::new("true")));
         let mut c = Command::new(kz());
-        c.args(["run", "--", "true"]).env("HOME", &home).current_dir(dir);
+        c.args(["run", "--", "true"])
+            .env("HOME", &home)
+            .current_dir(dir);
         with_kz.push(time_it(c));
     }
     let (p, k) = (median(plain), median(with_kz));
     println!("startup: plain exec of true        median {:7.2} ms", ms(p));
     println!("startup: kz run -- true, 10 local  median {:7.2} ms", ms(k));
-    println!("startup: kz adds {:.2} ms ({:.1}x the plain exec)", ms(k) - ms(p), ms(k) / ms(p).max(0.001));
+    println!(
+        "startup: kz adds {:.2} ms ({:.1}x the plain exec)",
+        ms(k) - ms(p),
+        ms(k) / ms(p).max(0.001)
+    );
 }
 
 fn vault_fanout(dir: &Path) {
     let mut data = serde_json::Map::new();
     let mut cfg = String::from("[secrets]\n");
     for i in 0..8 {
-        data.insert(format!("app/s{i}"), serde_json::json!([{ "v": format!("value-{i}") }]));
+        data.insert(
+            format!("app/s{i}"),
+            serde_json::json!([{ "v": format!("value-{i}") }]),
+        );
         cfg.push_str(&format!("S{i} = \"vault://secret/data/app/s{i}#v\"\n"));
     }
     let server_cfg = serde_json::json!({
@@ -76,12 +93,22 @@ fn vault_fanout(dir: &Path) {
     let cfg_path = dir.join("vault.json");
     std::fs::write(&cfg_path, server_cfg.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault_server.py");
-    let mut server = Command::new("python3").arg(script).arg(&cfg_path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut server = Command::new("python3")
+        .arg(script)
+        .arg(&cfg_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
     let round_trip = Duration::from_millis(500);
-    for (label, extra) in [("kv_version = 2 (no preflight)", "kv_version = 2\n"), ("mount auto-detection", "")] {
+    for (label, extra) in [
+        ("kv_version = 2 (no preflight)", "kv_version = 2\n"),
+        ("mount auto-detection", ""),
+    ] {
         std::fs::write(
             dir.join("vault.toml"),
             format!("{cfg}[providers.vault]\naddress = \"http://127.0.0.1:{port}\"\n{extra}"),
@@ -90,7 +117,10 @@ fn vault_fanout(dir: &Path) {
         let mut times = Vec::new();
         for _ in 0..3 {
             let mut c = Command::new(kz());
-            c.args(["run", "-c"]).arg(dir.join("vault.toml")).args(["--", "true"]).env("VAULT_TOKEN", "t");
+            c.args(["run", "-c"])
+                .arg(dir.join("vault.toml"))
+                .args(["--", "true"])
+                .env("VAULT_TOKEN", "t");
             times.push(time_it(c));
         }
         let t = median(times);
