@@ -221,55 +221,44 @@ impl Connect {
         percent_encoding::utf8_percent_encode(&f, percent_encoding::NON_ALPHANUMERIC).to_string()
     }
 
+    /// Looks a vault or item up by name: exactly one match, or the name itself when it is an id.
+    async fn find_id(
+        &self,
+        path: &str,
+        field: &str,
+        what: &str,
+        name: &str,
+    ) -> Result<String, ProviderError> {
+        let list = self
+            .get(&format!("{path}?filter={}", Self::filter(field, name)))
+            .await?;
+        match list.as_array().map(|a| a.as_slice()).unwrap_or_default() {
+            [one] => one
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| ProviderError::backend(format!("connect: {what} without id"))),
+            [] if looks_like_id(name) => Ok(name.to_string()),
+            [] => Err(ProviderError::not_found(format!(
+                "connect: no {what} with {field} {name:?}"
+            ))),
+            _ => Err(ProviderError::backend(format!(
+                "connect: several {what}s with {field} {name:?}; use its id"
+            ))),
+        }
+    }
+
     async fn vault_id(&self, name: &str) -> Result<String, ProviderError> {
         cell(&self.vault_ids, name.to_string())
-            .get_or_init(|| async {
-                let list = self
-                    .get(&format!("/v1/vaults?filter={}", Self::filter("name", name)))
-                    .await?;
-                match list.as_array().map(|a| a.as_slice()).unwrap_or_default() {
-                    [one] => one
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| ProviderError::backend("connect: vault without id")),
-                    [] if looks_like_id(name) => Ok(name.to_string()),
-                    [] => Err(ProviderError::not_found(format!(
-                        "connect: no vault named {name:?}"
-                    ))),
-                    _ => Err(ProviderError::backend(format!(
-                        "connect: several vaults named {name:?}; use its id"
-                    ))),
-                }
-            })
+            .get_or_init(|| self.find_id("/v1/vaults", "name", "vault", name))
             .await
             .clone()
     }
 
     async fn item_id(&self, vault_id: &str, title: &str) -> Result<String, ProviderError> {
+        let path = format!("/v1/vaults/{vault_id}/items");
         cell(&self.item_ids, (vault_id.to_string(), title.to_string()))
-            .get_or_init(|| async {
-                let list = self
-                    .get(&format!(
-                        "/v1/vaults/{vault_id}/items?filter={}",
-                        Self::filter("title", title)
-                    ))
-                    .await?;
-                match list.as_array().map(|a| a.as_slice()).unwrap_or_default() {
-                    [one] => one
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| ProviderError::backend("connect: item without id")),
-                    [] if looks_like_id(title) => Ok(title.to_string()),
-                    [] => Err(ProviderError::not_found(format!(
-                        "connect: no item titled {title:?}"
-                    ))),
-                    _ => Err(ProviderError::backend(format!(
-                        "connect: several items titled {title:?}; use its id"
-                    ))),
-                }
-            })
+            .get_or_init(|| self.find_id(&path, "title", "item", title))
             .await
             .clone()
     }

@@ -241,3 +241,24 @@ fn tls_with_vault_cacert() {
         "an unknown CA must fail verification: {err}"
     );
 }
+
+#[test]
+fn slow_backend_hits_the_configured_timeout() {
+    let sb = Sandbox::new();
+    let v = vault(&sb, json!({"delay_ms": 3000}));
+    sb.config(&format!(
+        "[secrets]\nT = \"vault://secret/data/prod/github#token\"\n[providers.vault]\naddress = \"{}\"\nkv_version = 2\ntimeout = \"300ms\"\n",
+        v.url()
+    ));
+    let start = std::time::Instant::now();
+    let (code, _, err) = run(sb
+        .kz()
+        .env("VAULT_TOKEN", "root-token")
+        .args(["run", "--", "true"]));
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("kz: T: vault: secret/data/prod/github#token: timed out after 300ms"),
+        "{err}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+}
