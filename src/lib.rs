@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod blind;
 pub mod child;
 pub mod cli;
 pub mod cmd;
@@ -23,5 +24,6 @@ pub mod env;
 pub mod http;
 pub mod mask;
 pub mod provider;
+pub mod proxy;
 pub mod secret;
 pub mod time;

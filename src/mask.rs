@@ -2,16 +2,16 @@
 //! forms, becomes `<concealed by kz>`, also when a value is split across writes. Pure over byte
 //! chunks; the caller does the I/O.
 //!
-//! After each chunk the masker emits everything except the longest tail that could still be the
-//! beginning of a value (the overlap), so output is delayed only while it might be a secret.
-//! Matching is leftmost-longest, so a value that contains another is concealed whole.
+//! Built on the streaming replacer in `blind::replace`: output is delayed only while it might be
+//! the start of a value, and a value that contains another is concealed whole.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 use zeroize::Zeroizing;
+
+use crate::blind::replace::{PatternSet, StreamReplacer};
 
 pub const CONCEALED: &[u8] = b"<concealed by kz>";
 
@@ -48,108 +48,40 @@ const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHA
     .remove(b'~');
 
 /// The compiled patterns, shared by the stdout and stderr maskers.
-pub struct MaskSet {
-    ac: AhoCorasick,
-    /// Every proper prefix of every pattern, to find the overlap that must be held back.
-    prefixes: PrefixSet,
-    max_len: usize,
-}
-
-/// Prefixes of secret values; wiped when dropped.
-#[derive(Default)]
-struct PrefixSet(HashSet<Vec<u8>>);
-
-impl Drop for PrefixSet {
-    fn drop(&mut self) {
-        for mut p in std::mem::take(&mut self.0) {
-            zeroize::Zeroize::zeroize(&mut p);
-        }
-    }
-}
+pub struct MaskSet(Arc<PatternSet>);
 
 impl MaskSet {
     /// `None` when no value is long enough to mask.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Arc<MaskSet>> {
-        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut pairs = Vec::new();
         for v in values {
             if v.len() >= MIN_MASK_LEN {
-                patterns.extend(forms(v));
+                for f in forms(v) {
+                    pairs.push((f, Some(Zeroizing::new(CONCEALED.to_vec()))));
+                }
             }
         }
-        if patterns.is_empty() {
-            return None;
-        }
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(patterns.iter().map(|p| p.as_slice()))
-            .expect("patterns compile");
-        let mut prefixes = PrefixSet::default();
-        for p in &patterns {
-            for n in 1..p.len() {
-                prefixes.0.insert(p[..n].to_vec());
-            }
-        }
-        let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
-        Some(Arc::new(MaskSet {
-            ac,
-            prefixes,
-            max_len,
-        }))
+        PatternSet::new(pairs).map(|p| Arc::new(MaskSet(p)))
     }
 
     pub fn masker(self: &Arc<Self>) -> Masker {
-        Masker {
-            set: self.clone(),
-            pending: Zeroizing::new(Vec::new()),
-        }
-    }
-
-    /// Length of the longest suffix of `buf` that is a proper prefix of some pattern.
-    fn overlap(&self, buf: &[u8]) -> usize {
-        let longest = buf.len().min(self.max_len.saturating_sub(1));
-        (1..=longest)
-            .rev()
-            .find(|&k| self.prefixes.0.contains(&buf[buf.len() - k..]))
-            .unwrap_or(0)
+        Masker(self.0.stream())
     }
 }
 
 /// One output stream's masking state.
-pub struct Masker {
-    set: Arc<MaskSet>,
-    pending: Zeroizing<Vec<u8>>,
-}
+pub struct Masker(StreamReplacer);
 
 impl Masker {
     /// Feeds a chunk; appends to `out` what can be released now.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        self.pending.extend_from_slice(chunk);
-        let boundary = self.pending.len() - self.set.overlap(&self.pending);
-        self.release(boundary, out);
+        // Every mask pattern has a replacement, so nothing is ever refused.
+        let _ = self.0.push(chunk, out);
     }
 
     /// End of stream: releases everything still held.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let len = self.pending.len();
-        self.release(len, out);
-    }
-
-    fn release(&mut self, boundary: usize, out: &mut Vec<u8>) {
-        let mut emitted = 0;
-        for m in self.set.ac.find_iter(&self.pending[..]) {
-            // A match starting in the held tail may still grow; leave it for the next chunk.
-            if m.start() >= boundary {
-                break;
-            }
-            out.extend_from_slice(&self.pending[emitted..m.start()]);
-            out.extend_from_slice(CONCEALED);
-            emitted = m.end();
-        }
-        let upto = boundary.max(emitted);
-        if upto > emitted {
-            out.extend_from_slice(&self.pending[emitted..upto]);
-        }
-        self.pending.drain(..upto);
+        let _ = self.0.finish(out);
     }
 }
 

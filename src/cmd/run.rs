@@ -8,7 +8,9 @@ use super::{
 use crate::child::{self, ChildSpec};
 use crate::cli::RunArgs;
 use crate::config::{Config, ProviderKind};
+use crate::env::ProcessEnv;
 use crate::mask::{MaskSet, MIN_MASK_LEN};
+use crate::proxy::session as blind;
 
 /// Variables that hold kz's own keys: never passed to the child.
 const KZ_KEYS: [&str; 3] = ["KZ_LOCAL_KEY", "KZ_JWT_SECRET", "KZ_IDENTITY_TOKEN"];
@@ -43,11 +45,27 @@ pub fn removed_variables(cfg: &Config) -> Vec<String> {
 pub fn run(args: RunArgs) -> Outcome {
     let env = process_env();
     let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
-    if args.blind {
+    if args.isolate {
         return Err(Failure::new(
             EXIT_KZ,
-            "--blind is not available in this build yet (tracked as the blind-mode issue); run without it",
+            "--isolate is not available in this build yet (tracked as the isolation issue); use --blind alone",
         ));
+    }
+    if args.blind {
+        let unbound: Vec<String> = cfg
+            .secrets
+            .iter()
+            .filter(|s| s.hosts.is_empty())
+            .map(|s| {
+                format!(
+                    "{}: blind mode needs hosts for this secret (where may kz send it? e.g. hosts = [\"api.example.com\"])",
+                    s.name
+                )
+            })
+            .collect();
+        if !unbound.is_empty() {
+            return Err(Failure::many(EXIT_KZ, unbound));
+        }
     }
     let audit = open_audit(&cfg, args.audit.as_deref())?;
     let rt = runtime()?;
@@ -78,12 +96,30 @@ pub fn run(args: RunArgs) -> Outcome {
     } else {
         MaskSet::new(vars.iter().map(|(_, v)| v.expose()))
     };
-    let spec = ChildSpec {
-        command: args.command,
-        env: vars,
-        remove: removed_variables(&cfg),
-        mask,
-    };
-    rt.block_on(child::run(spec))
-        .map_err(|e| Failure::new(e.code, e.message))
+    if !args.blind {
+        let spec = ChildSpec {
+            command: args.command,
+            env: vars,
+            remove: removed_variables(&cfg),
+            mask,
+        };
+        return rt
+            .block_on(child::run(spec))
+            .map_err(|e| Failure::new(e.code, e.message));
+    }
+    let audit = std::sync::Arc::new(audit);
+    rt.block_on(async move {
+        let session = blind::start(&cfg, vars, audit)
+            .await
+            .map_err(|e| Failure::new(EXIT_KZ, e))?;
+        let spec = ChildSpec {
+            command: args.command,
+            env: session.child_env(&ProcessEnv),
+            remove: removed_variables(&cfg),
+            mask,
+        };
+        let result = child::run(spec).await;
+        session.stop().await;
+        result.map_err(|e| Failure::new(e.code, e.message))
+    })
 }

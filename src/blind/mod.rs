@@ -1,0 +1,272 @@
+//! Blind mode's pure core: opaque tokens, which secret may go to which host, and the swap and
+//! scrub pattern sets built from them. The proxy (`crate::proxy`) wraps this with I/O.
+
+pub mod env;
+pub mod replace;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::config::HostPattern;
+use crate::secret::SecretValue;
+use replace::PatternSet;
+
+pub const TOKEN_PREFIX: &str = "KZ_TOK_";
+/// 22 base62 characters carry 130.9 bits.
+pub const TOKEN_RANDOM_CHARS: usize = 22;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A fresh token: `KZ_TOK_` and 22 uniformly random base62 characters.
+pub fn new_token() -> String {
+    let rng = SystemRandom::new();
+    let mut out = String::from(TOKEN_PREFIX);
+    while out.len() < TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b).expect("system random source");
+        // Rejection sampling keeps every character equally likely (248 = 4 * 62).
+        for x in b {
+            if x < 248 && out.len() < TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS {
+                out.push(BASE62[(x % 62) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+/// One secret in blind mode.
+pub struct BlindSecret {
+    pub name: String,
+    pub token: String,
+    pub value: SecretValue,
+    pub hosts: Vec<HostPattern>,
+}
+
+impl BlindSecret {
+    pub fn bound_to(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|h| h.matches(host, port))
+    }
+}
+
+/// The per-destination swap sets. Pattern `i` is secret `i`'s token in every set; tokens of
+/// secrets not bound to the destination are forbidden.
+pub struct HostSwap {
+    /// Header values and bodies of other types: the raw value.
+    pub raw: Arc<PatternSet>,
+    /// Request target: the value percent-encoded.
+    pub url: Arc<PatternSet>,
+    /// `application/json` bodies: the value as JSON string content.
+    pub json: Arc<PatternSet>,
+    /// Whether any secret is bound here (the host is intercepted).
+    pub any_bound: bool,
+}
+
+/// All blind secrets of a run.
+pub struct TokenTable {
+    pub secrets: Vec<BlindSecret>,
+    scrub: Option<Arc<PatternSet>>,
+    hosts: Mutex<HashMap<(String, u16), Arc<HostSwap>>>,
+}
+
+/// Unreserved characters stay, everything else is percent-encoded.
+pub const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn json_content(v: &str) -> String {
+    let quoted = serde_json::to_string(v).expect("strings serialise");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+impl TokenTable {
+    /// Tokens are generated here, unique per run.
+    pub fn new(secrets: Vec<(String, SecretValue, Vec<HostPattern>)>) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let secrets: Vec<BlindSecret> = secrets
+            .into_iter()
+            .map(|(name, value, hosts)| {
+                let token = loop {
+                    let t = new_token();
+                    if seen.insert(t.clone()) {
+                        break t;
+                    }
+                };
+                BlindSecret { name, token, value, hosts }
+            })
+            .collect();
+        let mut scrub = Vec::new();
+        for s in &secrets {
+            let mut forms = crate::mask::forms(s.value.expose());
+            forms.push(Zeroizing::new(json_content(s.value.expose()).into_bytes()));
+            for f in forms {
+                if f.len() >= crate::mask::MIN_MASK_LEN {
+                    scrub.push((f, Some(Zeroizing::new(s.token.as_bytes().to_vec()))));
+                }
+            }
+        }
+        TokenTable {
+            scrub: PatternSet::new(scrub),
+            secrets,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Whether some secret is bound to this destination (so kz terminates TLS for it).
+    pub fn intercepts(&self, host: &str, port: u16) -> bool {
+        self.secrets.iter().any(|s| s.bound_to(host, port))
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        &self.secrets[index].name
+    }
+
+    /// Whether any token appears in `data`.
+    pub fn contains_token(&self, data: &[u8]) -> Option<usize> {
+        let needle = TOKEN_PREFIX.as_bytes();
+        if !data.windows(needle.len()).any(|w| w == needle) {
+            return None;
+        }
+        self.secrets.iter().position(|s| {
+            data.windows(s.token.len()).any(|w| w == s.token.as_bytes())
+        })
+    }
+
+    /// The swap sets for one destination, built once and cached.
+    pub fn for_host(&self, host: &str, port: u16) -> Arc<HostSwap> {
+        let key = (host.to_ascii_lowercase(), port);
+        if let Some(h) = self.hosts.lock().unwrap().get(&key) {
+            return h.clone();
+        }
+        let build = |encode: &dyn Fn(&str) -> String| {
+            let pairs = self
+                .secrets
+                .iter()
+                .map(|s| {
+                    let rep = s
+                        .bound_to(host, port)
+                        .then(|| Zeroizing::new(encode(s.value.expose()).into_bytes()));
+                    (Zeroizing::new(s.token.as_bytes().to_vec()), rep)
+                })
+                .collect();
+            PatternSet::new(pairs).expect("tokens are never empty")
+        };
+        let swap = Arc::new(HostSwap {
+            raw: build(&|v| v.to_string()),
+            url: build(&|v| percent_encoding::utf8_percent_encode(v, URL_ENCODE_SET).to_string()),
+            json: build(&json_content),
+            any_bound: self.intercepts(host, port),
+        });
+        self.hosts.lock().unwrap().insert(key, swap.clone());
+        swap
+    }
+
+    /// Real values (and encoded forms) back to tokens, for responses.
+    pub fn scrubber(&self) -> Option<&Arc<PatternSet>> {
+        self.scrub.as_ref()
+    }
+}
+
+/// The decoded credentials of a `Basic` authorization value, if it is one.
+pub fn basic_decoded(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, cred) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(cred.trim())
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Swaps tokens inside `Basic` credentials: decode, swap, re-encode. `Ok(None)`: not Basic or
+/// nothing to swap.
+pub fn swap_basic(value: &[u8], swap: &PatternSet) -> Result<Option<Vec<u8>>, usize> {
+    let Some(decoded) = basic_decoded(value) else { return Ok(None) };
+    match swap.replace_all(&decoded)? {
+        Some(swapped) => {
+            let swapped = Zeroizing::new(swapped);
+            let scheme = &value[..value.iter().position(|b| *b == b' ').unwrap_or(0)];
+            let mut out = scheme.to_vec();
+            out.push(b' ');
+            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&swapped[..]).as_bytes());
+            Ok(Some(out))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TokenTable {
+        TokenTable::new(vec![
+            ("GH".into(), SecretValue::new("ghp_real&v/1"), vec![HostPattern::parse("api.github.com").unwrap()]),
+            ("SL".into(), SecretValue::new("xoxb-\"slack\""), vec![HostPattern::parse("*.slack.com").unwrap()]),
+        ])
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_distinct() {
+        let a = new_token();
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS);
+        assert!(a[TOKEN_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        let many: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
+        assert_eq!(many.len(), 1000);
+    }
+
+    #[test]
+    fn only_bound_tokens_are_swapped_with_context_encoding() {
+        let t = table();
+        let gh = &t.secrets[0].token;
+        let sl = &t.secrets[1].token;
+        let h = t.for_host("api.github.com", 443);
+        assert!(h.any_bound);
+        let target = format!("/repos?token={gh}");
+        assert_eq!(h.url.replace_all(target.as_bytes()).unwrap().unwrap(), b"/repos?token=ghp_real%26v%2F1");
+        assert_eq!(h.raw.replace_all(format!("token {gh}").as_bytes()).unwrap().unwrap(), b"token ghp_real&v/1");
+        assert_eq!(h.raw.replace_all(format!("x {sl}").as_bytes()), Err(1));
+        let slack = t.for_host("hooks.slack.com", 443);
+        let body = format!("{{\"t\":\"{sl}\"}}");
+        assert_eq!(slack.json.replace_all(body.as_bytes()).unwrap().unwrap(), br#"{"t":"xoxb-\"slack\""}"#);
+        assert!(!t.for_host("evil.example", 443).any_bound);
+        assert_eq!(t.for_host("evil.example", 443).raw.replace_all(gh.as_bytes()), Err(0));
+    }
+
+    #[test]
+    fn basic_credentials_are_swapped_inside() {
+        let t = table();
+        let gh = &t.secrets[0].token;
+        let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{gh}")));
+        let h = t.for_host("api.github.com", 443);
+        let out = swap_basic(header.as_bytes(), &h.raw).unwrap().unwrap();
+        let expect = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_real&v/1"));
+        assert_eq!(out, expect.as_bytes());
+        let evil = t.for_host("evil.example", 443);
+        assert_eq!(swap_basic(header.as_bytes(), &evil.raw), Err(0));
+    }
+
+    #[test]
+    fn scrubber_turns_values_and_encodings_back_into_tokens() {
+        let t = table();
+        let gh = t.secrets[0].token.clone();
+        let echoed = format!(
+            "v=ghp_real&v/1 b64={} url=ghp_real%26v%2F1",
+            base64::engine::general_purpose::STANDARD.encode("ghp_real&v/1")
+        );
+        let out = t.scrubber().unwrap().replace_all(echoed.as_bytes()).unwrap().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("v={gh} b64={gh} url={gh}"));
+    }
+}

@@ -1,0 +1,507 @@
+//! One intercepted request: check the destination, swap tokens bound to it (target, headers,
+//! Basic credentials, body), forward upstream, scrub real values out of the response, audit.
+//! Tokens of secrets not bound to the destination are refused with 403 before anything is sent.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING,
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, UPGRADE,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+
+use super::body::{collect_limited, empty, full, StreamReport, Transform};
+use super::upstream::{Body, PrivateAddress};
+use super::{split_authority, text_response, Dest, Proxy};
+use crate::blind::{basic_decoded, swap_basic, HostSwap};
+
+/// Bodies with a `Content-Length` up to this size are swapped whole, so the length stays exact.
+pub const MAX_BUFFERED_REQUEST: u64 = 8 << 20;
+/// Responses with a `Content-Length` up to this size are scrubbed whole, keeping the length.
+pub const MAX_BUFFERED_RESPONSE: u64 = 1 << 20;
+/// How long an upstream may take to send response headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn incoming(b: Incoming) -> Body {
+    b.map_err(|e| -> super::upstream::BoxError { Box::new(e) }).boxed()
+}
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name == PROXY_AUTHORIZATION
+}
+
+/// A request head after swapping.
+struct SwappedHead {
+    path_and_query: String,
+    headers: HeaderMap,
+    seen: BTreeSet<usize>,
+}
+
+/// Swaps tokens in the target and every header value. `Err(index)`: a token not bound here.
+fn swap_head(swap: &HostSwap, parts: &hyper::http::request::Parts, keep_upgrade: bool) -> Result<SwappedHead, usize> {
+    let mut seen = BTreeSet::new();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path_and_query = match swap.url.replace_all(pq.as_bytes())? {
+        Some(v) => {
+            seen.extend(swap.url.indices(pq.as_bytes()));
+            String::from_utf8(v).expect("percent-encoded values are ascii")
+        }
+        None => pq.to_string(),
+    };
+    let connection_tokens: Vec<String> = parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        let keep = keep_upgrade && (name == UPGRADE || name == CONNECTION);
+        if name == HOST || (!keep && (hop_by_hop(name) || connection_tokens.iter().any(|t| t == name.as_str()))) {
+            continue;
+        }
+        let mut bytes: Vec<u8> = value.as_bytes().to_vec();
+        if name == AUTHORIZATION {
+            if let Some(decoded) = basic_decoded(&bytes) {
+                seen.extend(swap.raw.indices(&decoded));
+            }
+            if let Some(v) = swap_basic(&bytes, &swap.raw)? {
+                bytes = v;
+            }
+        }
+        if let Some(v) = swap.raw.replace_all(&bytes)? {
+            seen.extend(swap.raw.indices(&bytes));
+            bytes = v;
+        }
+        // A value with bytes a header cannot carry is refused rather than mangled.
+        let value = HeaderValue::from_bytes(&bytes).map_err(|_| seen.iter().next().copied().unwrap_or(0))?;
+        headers.append(name.clone(), value);
+    }
+    Ok(SwappedHead {
+        path_and_query,
+        headers,
+        seen,
+    })
+}
+
+fn refuse_token(proxy: &Proxy, dest: &Dest, index: usize) -> Response<Body> {
+    let s = &proxy.table.secrets[index];
+    let bound: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
+    let reason = format!(
+        "token of secret {} may not be sent to {}:{} (it is bound to {})",
+        s.name,
+        dest.host,
+        dest.port,
+        bound.join(", ")
+    );
+    proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &reason)
+}
+
+/// The `Host` (or `:authority`) must name the destination.
+fn host_agrees(req: &Request<Incoming>, dest: &Dest) -> Result<(), String> {
+    let claimed = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from));
+    let Some(claimed) = claimed else { return Ok(()) };
+    let has_port = claimed.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) && !claimed.ends_with(']');
+    match split_authority(&claimed, dest.port) {
+        Some((h, p)) if h.trim_end_matches('.') == dest.host.trim_end_matches('.') && (!has_port || p == dest.port) => Ok(()),
+        _ => Err(format!(
+            "host {claimed} does not match the connection's destination {}:{}",
+            dest.host, dest.port
+        )),
+    }
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Handles one request towards `dest` (intercepted TLS, or plain HTTP through the proxy).
+pub fn intercepted(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    misdirected: Option<String>,
+    req: Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
+    Box::pin(intercepted_inner(proxy, dest, misdirected, req))
+}
+
+async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<String>, mut req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    if let Some(sni) = misdirected {
+        let reason = format!("tls server name {sni} does not match the CONNECT target {}", dest.host);
+        return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
+    }
+    if let Err(reason) = host_agrees(&req, &dest) {
+        return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
+    }
+    // IP literals bypass name resolution in the pooled client, so check them here.
+    if dest.host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
+        if let Err(e) = proxy.upstream.resolver.resolve(&dest.host, dest.port).await {
+            return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
+        }
+    }
+    let swap = proxy.table.for_host(&dest.host, dest.port);
+    let ws = is_websocket(&req);
+    let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let head = match swap_head(&swap, &parts, ws) {
+        Ok(h) => h,
+        Err(i) => return refuse_token(&proxy, &dest, i),
+    };
+    if let Some(on_client) = client_upgrade {
+        return websocket(proxy, dest, parts.method, head, on_client, start).await;
+    }
+    let SwappedHead {
+        path_and_query,
+        mut headers,
+        seen,
+    } = head;
+    let seen = Arc::new(Mutex::new(seen));
+
+    // Body: swapped whole when its length is known and modest (exact Content-Length), else
+    // streamed chunk by chunk. Compressed request bodies pass unchanged (kz cannot see into them).
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let set = if content_type.contains("json") {
+        &swap.json
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        &swap.url
+    } else {
+        &swap.raw
+    };
+    let encoded = headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let length: Option<u64> = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let req_report = Arc::new(StreamReport::default());
+    let mut bytes_out: Option<u64> = None;
+    let body: Body = if body.is_end_stream() {
+        bytes_out = Some(0);
+        empty()
+    } else if encoded {
+        incoming(body)
+    } else if length.is_some_and(|l| l <= MAX_BUFFERED_REQUEST) {
+        let data = match collect_limited(incoming(body), MAX_BUFFERED_REQUEST as usize).await {
+            Ok(d) => d,
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, &format!("kz: reading request body: {e}\n")),
+        };
+        let data = match set.replace_all(&data) {
+            Err(i) => return refuse_token(&proxy, &dest, i),
+            Ok(Some(v)) => {
+                seen.lock().unwrap().extend(set.indices(&data));
+                Bytes::from(v)
+            }
+            Ok(None) => data,
+        };
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        bytes_out = Some(data.len() as u64);
+        full(data)
+    } else {
+        headers.remove(CONTENT_LENGTH);
+        Transform::new(incoming(body), Some(set), false, req_report.clone())
+            .with_seen(seen.clone())
+            .boxed()
+    };
+    // kz must read responses to scrub them, so ask bound hosts for uncompressed ones.
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+
+    let scheme = if dest.tls { "https" } else { "http" };
+    let default_port = if dest.tls { 443 } else { 80 };
+    let authority = if dest.port == default_port {
+        dest.host.clone()
+    } else {
+        format!("{}:{}", dest.host, dest.port)
+    };
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = match format!("{scheme}://{authority}{path_and_query}").parse() {
+        Ok(u) => u,
+        Err(_) => return text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"),
+    };
+    *up.headers_mut() = headers;
+
+    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, proxy.upstream.send(up)).await {
+        Err(_) => return text_response(StatusCode::GATEWAY_TIMEOUT, &format!("kz: {} did not answer in time\n", dest.host)),
+        Ok(Err(e)) => {
+            if let Some(i) = *req_report.refused.lock().unwrap() {
+                return refuse_token(&proxy, &dest, i);
+            }
+            if let Some(p) = find_cause::<PrivateAddress>(&e) {
+                return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &p.0);
+            }
+            return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {}\n", dest.host, error_chain(&e)));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    scrub_headers(&proxy, &mut rparts.headers);
+    rparts.version = Version::HTTP_11;
+    let encoding = rparts
+        .headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
+    if let Some(enc) = encoding.as_deref().filter(|e| !gzip && *e != "identity") {
+        return text_response(
+            StatusCode::BAD_GATEWAY,
+            &format!("kz: {} sent a {enc}-encoded response, which kz cannot scrub\n", dest.host),
+        );
+    }
+    if gzip {
+        rparts.headers.remove(CONTENT_ENCODING);
+        rparts.headers.remove(CONTENT_LENGTH);
+    }
+    let no_body = parts.method == Method::HEAD
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED;
+    let rlength: Option<u64> = rparts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let audit_line = {
+        let proxy = proxy.clone();
+        let dest = dest.clone();
+        let method = parts.method.to_string();
+        let path = path_and_query.split('?').next().unwrap_or("/").to_string();
+        let status = rparts.status.as_u16();
+        let seen = seen.clone();
+        let req_report = req_report.clone();
+        move |bytes_in: u64| {
+            let names: Vec<Value> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|i| Value::from(proxy.table.name(*i)))
+                .collect();
+            let mut m = Map::new();
+            m.insert("host".into(), dest.host.clone().into());
+            m.insert("port".into(), dest.port.into());
+            m.insert("method".into(), method.into());
+            m.insert("path".into(), path.into());
+            m.insert("secrets".into(), Value::Array(names));
+            m.insert("status".into(), status.into());
+            m.insert(
+                "bytes_out".into(),
+                bytes_out
+                    .unwrap_or_else(|| req_report.bytes.load(std::sync::atomic::Ordering::Relaxed))
+                    .into(),
+            );
+            m.insert("bytes_in".into(), bytes_in.into());
+            m.insert(
+                "latency_ms".into(),
+                Value::from((start.elapsed().as_secs_f64() * 1e6).round() / 1e3),
+            );
+            proxy.audit.record("request", m);
+        }
+    };
+    let body: Body = if no_body {
+        audit_line(0);
+        incoming(rbody)
+    } else if !gzip && rlength.is_some_and(|l| l <= MAX_BUFFERED_RESPONSE) {
+        let data = match collect_limited(incoming(rbody), MAX_BUFFERED_RESPONSE as usize).await {
+            Ok(d) => d,
+            Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: reading response from {}: {e}\n", dest.host)),
+        };
+        let data = match proxy.table.scrubber().map(|s| s.replace_all(&data)) {
+            Some(Ok(Some(v))) => Bytes::from(v),
+            _ => data,
+        };
+        rparts.headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        audit_line(data.len() as u64);
+        full(data)
+    } else {
+        rparts.headers.remove(CONTENT_LENGTH);
+        let report = Arc::new(StreamReport::default());
+        Transform::new(incoming(rbody), proxy.table.scrubber(), gzip, report)
+            .on_end(Box::new(audit_line))
+            .boxed()
+    };
+    Response::from_parts(rparts, body)
+}
+
+/// Real values in response headers become tokens again; hop-by-hop headers are dropped.
+fn scrub_headers(proxy: &Proxy, headers: &mut HeaderMap) {
+    let old = std::mem::take(headers);
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in old {
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            None => last.clone().expect("first header has a name"),
+        };
+        if hop_by_hop(&name) {
+            continue;
+        }
+        let value = match proxy.table.scrubber().map(|s| s.replace_all(value.as_bytes())) {
+            Some(Ok(Some(v))) => HeaderValue::from_bytes(&v).unwrap_or(value),
+            _ => value,
+        };
+        headers.append(name, value);
+    }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(t) = inner.downcast_ref::<T>() {
+                    return Some(t);
+                }
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg.to_lowercase()
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A WebSocket handshake: swapped like any request, sent on its own HTTP/1.1 connection; after
+/// `101` the two upgraded streams are joined and frames pass unchanged.
+async fn websocket(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    method: Method,
+    head: SwappedHead,
+    on_client: hyper::upgrade::OnUpgrade,
+    start: Instant,
+) -> Response<Body> {
+    let io: Box<dyn Io> = if dest.tls {
+        match proxy.upstream.connect_tls_h1(&dest.host, dest.port).await {
+            Ok(s) => Box::new(s),
+            Err(e) => return upstream_error(&proxy, &dest, e),
+        }
+    } else {
+        match proxy.upstream.resolver.dial(&dest.host, dest.port, super::upstream::CONNECT_TIMEOUT).await {
+            Ok(s) => Box::new(s),
+            Err(e) => return upstream_error(&proxy, &dest, e),
+        }
+    };
+    let mut sender = match h1_handshake(io).await {
+        Ok(x) => x,
+        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {e}\n", dest.host)),
+    };
+    let mut up = Request::new(empty());
+    *up.method_mut() = method.clone();
+    *up.uri_mut() = head.path_and_query.parse().unwrap_or_else(|_| "/".parse().expect("valid"));
+    *up.headers_mut() = head.headers;
+    let default_port = if dest.tls { 443 } else { 80 };
+    let host_value = if dest.port == default_port {
+        dest.host.clone()
+    } else {
+        format!("{}:{}", dest.host, dest.port)
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        up.headers_mut().insert(HOST, v);
+    }
+    let mut resp = match h1_send(&mut sender, up).await {
+        Ok(r) => r,
+        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {e}\n", dest.host)),
+    };
+    let status = resp.status();
+    let mut m = Map::new();
+    m.insert("host".into(), dest.host.clone().into());
+    m.insert("port".into(), dest.port.into());
+    m.insert("method".into(), method.to_string().into());
+    m.insert("path".into(), head.path_and_query.split('?').next().unwrap_or("/").into());
+    m.insert(
+        "secrets".into(),
+        Value::Array(head.seen.iter().map(|i| Value::from(proxy.table.name(*i))).collect()),
+    );
+    m.insert("status".into(), status.as_u16().into());
+    m.insert("upgrade".into(), "websocket".into());
+    m.insert("latency_ms".into(), Value::from(start.elapsed().as_millis() as u64));
+    proxy.audit.record("request", m);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        scrub_headers(&proxy, &mut parts.headers);
+        return Response::from_parts(parts, incoming(body));
+    }
+    let on_upstream = hyper::upgrade::on(&mut resp);
+    let mut out = Response::new(empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in resp.headers() {
+        let value = match proxy.table.scrubber().map(|s| s.replace_all(value.as_bytes())) {
+            Some(Ok(Some(v))) => HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone()),
+            _ => value.clone(),
+        };
+        out.headers_mut().append(name.clone(), value);
+    }
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = tokio::join!(on_client, on_upstream) else { return };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    out
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Body>;
+type BoxFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// HTTP/1.1 handshake on a fresh connection, its driver spawned with upgrades enabled. Plain
+/// functions returning boxed futures keep hyper's body bounds out of the callers' state machines.
+fn h1_handshake(io: Box<dyn Io>) -> BoxFut<hyper::Result<H1Sender>> {
+    Box::pin(async move {
+        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender)
+    })
+}
+
+fn h1_send(sender: &mut H1Sender, req: Request<Body>) -> BoxFut<hyper::Result<Response<Incoming>>> {
+    Box::pin(sender.send_request(req))
+}
+
+fn upstream_error(proxy: &Proxy, dest: &Dest, e: std::io::Error) -> Response<Body> {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
+    }
+    text_response(StatusCode::BAD_GATEWAY, &format!("kz: cannot reach {}:{}: {e}\n", dest.host, dest.port))
+}

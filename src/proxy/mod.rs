@@ -1,0 +1,249 @@
+//! The credential-swapping proxy: one engine, several front doors. This module holds the shared
+//! state and the explicit HTTP proxy front door (CONNECT and absolute-form requests, with a
+//! per-run credential); `intercept` does the swapping, forwarding and scrubbing.
+
+pub mod body;
+pub mod ca;
+pub mod session;
+pub mod intercept;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+
+use crate::audit::Audit;
+use crate::blind::TokenTable;
+use crate::config::HostPattern;
+use body::{empty, full};
+use upstream::{Body, Upstream};
+
+/// Everything the proxy needs; shared by every connection.
+pub struct Proxy {
+    pub table: Arc<TokenTable>,
+    pub ca: ca::Ca,
+    pub upstream: Upstream,
+    /// `[network] allow`; `None` allows every destination.
+    pub allow: Option<Vec<HostPattern>>,
+    /// The per-run proxy password (user `kz`).
+    pub credential: String,
+    pub audit: Arc<Audit>,
+}
+
+/// Where an intercepted or forwarded request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dest {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Proxy {
+    pub fn allowed(&self, host: &str, port: u16) -> bool {
+        match &self.allow {
+            None => true,
+            Some(list) => list.iter().any(|p| p.matches(host, port)),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(v) = req.headers().get(PROXY_AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, cred)) = v.split_once(' ') else { return false };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return false;
+        }
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(cred.trim()) else {
+            return false;
+        };
+        let expected = format!("kz:{}", self.credential);
+        constant_time_eq(&decoded, expected.as_bytes())
+    }
+
+    /// Records a refusal: an audit line and a one-line response.
+    pub fn refuse(&self, status: StatusCode, host: &str, reason: &str) -> Response<Body> {
+        let mut m = Map::new();
+        m.insert("host".into(), host.into());
+        m.insert("status".into(), status.as_u16().into());
+        m.insert("reason".into(), reason.into());
+        self.audit.record("refused", m);
+        text_response(status, &format!("kz: refused: {reason}\n"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(full(text.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Splits `host:port` / `[v6]:port`, with a default port.
+pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = format!("[{}]", &rest[..end]);
+        match rest[end + 1..].strip_prefix(':') {
+            Some(p) => (host, p.parse().ok()?),
+            None => (host, default_port),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// Serves the explicit proxy on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(proxy.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if !proxy.authorized(&req) {
+        let mut r = text_response(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "kz: proxy credentials required (this proxy serves one kz run)\n",
+        );
+        r.headers_mut().insert(PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kz\""));
+        let mut m = Map::new();
+        m.insert("reason".into(), "missing or wrong proxy credentials".into());
+        m.insert("status".into(), 407.into());
+        proxy.audit.record("refused", m);
+        return Ok(r);
+    }
+    if req.method() == Method::CONNECT {
+        return Ok(connect(proxy, req).await);
+    }
+    let uri = req.uri().clone();
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Ok(text_response(
+            StatusCode::BAD_REQUEST,
+            "kz: this is an http proxy: send absolute-form requests or CONNECT\n",
+        ));
+    };
+    let tls = match scheme {
+        "http" => false,
+        "https" => true,
+        other => return Ok(text_response(StatusCode::BAD_REQUEST, &format!("kz: unsupported scheme {other}\n"))),
+    };
+    let Some((host, port)) = split_authority(authority.as_str(), if tls { 443 } else { 80 }) else {
+        return Ok(text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"));
+    };
+    if !proxy.allowed(&host, port) {
+        let reason = format!("{host}:{port} is not in [network] allow");
+        return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
+    }
+    let dest = Dest { host, port, tls };
+    Ok(intercept::intercepted(proxy, dest, None, req).await)
+}
+
+async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+    let Some((host, port)) = req.uri().authority().and_then(|a| split_authority(a.as_str(), 443)) else {
+        return text_response(StatusCode::BAD_REQUEST, "kz: CONNECT needs host:port\n");
+    };
+    if !proxy.allowed(&host, port) {
+        let reason = format!("{host}:{port} is not in [network] allow");
+        return proxy.refuse(StatusCode::FORBIDDEN, &host, &reason);
+    }
+    if proxy.table.intercepts(&host, port) {
+        let cfg = match proxy.ca.server_config(&host) {
+            Ok(c) => c,
+            Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: {e}\n")),
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(TokioIo::new(upgraded)).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+            let misdirected = sni.filter(|s| s.trim_end_matches('.') != host.trim_matches(['[', ']']));
+            let dest = Dest { host, port, tls: true };
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (proxy, dest, misdirected) = (proxy.clone(), dest.clone(), misdirected.clone());
+                async move { Ok::<_, Infallible>(intercept::intercepted(proxy, dest, misdirected, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
+        });
+        return Response::new(empty());
+    }
+    // Not bound to any secret: a plain tunnel, never decrypted.
+    let upstream = match proxy.upstream.resolver.dial(&host, port, upstream::CONNECT_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return proxy.refuse(StatusCode::FORBIDDEN, &host, &e.to_string());
+        }
+        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: cannot reach {host}:{port}: {e}\n")),
+    };
+    let audit = proxy.audit.clone();
+    tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+        let mut client = TokioIo::new(upgraded);
+        let mut upstream = upstream;
+        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await.unwrap_or((0, 0));
+        let mut m = Map::new();
+        m.insert("host".into(), host.into());
+        m.insert("port".into(), port.into());
+        m.insert("bytes_out".into(), up.into());
+        m.insert("bytes_in".into(), down.into());
+        m.insert("latency_ms".into(), Value::from(start.elapsed().as_millis() as u64));
+        audit.record("tunnel", m);
+    });
+    Response::new(empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(split_authority("api.x.com:8443", 443), Some(("api.x.com".into(), 8443)));
+        assert_eq!(split_authority("API.x.com", 443), Some(("api.x.com".into(), 443)));
+        assert_eq!(split_authority("[::1]:80", 443), Some(("[::1]".into(), 80)));
+        assert_eq!(split_authority("x:notaport", 443), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! A blind-mode session: tokens generated, the proxy listening on loopback with a per-run
+//! credential, the CA bundle written to a private temporary directory, and the child's
+//! environment built from all of that. Stopping it shuts the proxy down and removes the files.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::upstream::{Resolver, Upstream};
+use super::{ca, Proxy};
+use crate::audit::Audit;
+use crate::blind::{env::child_env, TokenTable};
+use crate::config::Config;
+use crate::env::Env;
+use crate::secret::SecretValue;
+
+pub struct Session {
+    pub proxy: Arc<Proxy>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A random per-run proxy password.
+fn credential() -> String {
+    crate::blind::new_token()[crate::blind::TOKEN_PREFIX.len()..].to_string()
+}
+
+fn write_private(path: &std::path::Path, data: &str) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(data.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Starts the proxy for `vars` (name → real value) as configured in `cfg`.
+pub async fn start(cfg: &Config, vars: Vec<(String, SecretValue)>, audit: Arc<Audit>) -> Result<Session, String> {
+    let mut secrets = Vec::new();
+    for (name, value) in vars {
+        let hosts = cfg
+            .secrets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.hosts.clone())
+            .unwrap_or_default();
+        secrets.push((name, value, hosts));
+    }
+    let table = Arc::new(TokenTable::new(secrets));
+    let ca = ca::Ca::generate()?;
+    let mut extra = Vec::new();
+    if let Some(p) = &cfg.network.upstream_ca {
+        extra = crate::http::read_pem_certs(p).map_err(|e| format!("network.upstream_ca: {e}"))?;
+    }
+    let resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
+    let upstream = Upstream::new(resolver, &extra);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("proxy: cannot listen on 127.0.0.1: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let dir = tempfile::Builder::new()
+        .prefix("kz-blind-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
+    let ca_pem = ca.cert_pem();
+    let mut bundle = ca::pem_encode(crate::http::system_roots());
+    bundle.push_str(&ca_pem);
+    write_private(&dir.path().join("ca-bundle.pem"), &bundle)?;
+    write_private(&dir.path().join("kz-ca.pem"), &ca_pem)?;
+    let proxy = Arc::new(Proxy {
+        table,
+        ca,
+        upstream,
+        allow: cfg.network.allow.clone(),
+        credential: credential(),
+        audit,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(super::run(listener, proxy.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(Session {
+        proxy,
+        port,
+        dir,
+        stop,
+        task,
+    })
+}
+
+impl Session {
+    pub fn proxy_url(&self) -> String {
+        format!("http://kz:{}@127.0.0.1:{}", self.proxy.credential, self.port)
+    }
+
+    /// Tokens for every secret plus the proxy and CA variables.
+    pub fn child_env(&self, env: &dyn Env) -> Vec<(String, SecretValue)> {
+        let mut out: Vec<(String, SecretValue)> = self
+            .proxy
+            .table
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), SecretValue::new(s.token.clone())))
+            .collect();
+        let user_no_proxy = env.var("NO_PROXY").or_else(|| env.var("no_proxy"));
+        let bundle = self.dir.path().join("ca-bundle.pem");
+        let ca_only = self.dir.path().join("kz-ca.pem");
+        for (k, v) in child_env(
+            &self.proxy_url(),
+            &bundle.to_string_lossy(),
+            &ca_only.to_string_lossy(),
+            user_no_proxy.as_deref(),
+        ) {
+            out.push((k, SecretValue::new(v)));
+        }
+        out
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        drop(self.dir);
+    }
+}

@@ -1,0 +1,239 @@
+//! The upstream side: name resolution with `[network] hosts` overrides and the private-address
+//! rule (the resolved address is checked, then exactly that address is dialled), TLS verified
+//! against the system roots plus `upstream_ca`, and a pooled HTTP/1.1 + HTTP/2 client.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+pub type Body = BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether kz may connect to `ip` without `allow_private`: public unicast only.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)   // 100.64.0.0/10 carrier-grade NAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 protocol assignments
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)    // 198.18.0.0/15 benchmarking
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 may reach private IPv4
+        }
+    }
+}
+
+/// Resolves names the way the proxy is allowed to reach them.
+#[derive(Clone)]
+pub struct Resolver {
+    overrides: Arc<BTreeMap<String, IpAddr>>,
+    allow_private: bool,
+}
+
+/// A refusal by the address rule; the message is user-facing.
+#[derive(Debug)]
+pub struct PrivateAddress(pub String);
+
+impl std::fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for PrivateAddress {}
+
+impl Resolver {
+    pub fn new(overrides: BTreeMap<String, IpAddr>, allow_private: bool) -> Self {
+        Resolver {
+            overrides: Arc::new(overrides),
+            allow_private,
+        }
+    }
+
+    /// Addresses for `host`, after overrides and the private-address rule.
+    pub fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>> {
+        let this = self.clone();
+        let host = host.to_string();
+        Box::pin(async move { this.resolve_inner(&host, port).await })
+    }
+
+    async fn resolve_inner(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let addrs: Vec<SocketAddr> = if let Some(ip) = self.overrides.get(bare.trim_end_matches('.')) {
+            vec![SocketAddr::new(*ip, port)]
+        } else if let Ok(ip) = bare.parse::<IpAddr>() {
+            vec![SocketAddr::new(ip, port)]
+        } else {
+            tokio::net::lookup_host((bare.as_str(), port)).await?.collect()
+        };
+        if self.allow_private {
+            return Ok(addrs);
+        }
+        let (public, private): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| is_public(a.ip()));
+        if public.is_empty() {
+            if let Some(p) = private.first() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    PrivateAddress(format!(
+                        "{host} resolves to non-public address {} (set [network] allow_private = true to permit)",
+                        p.ip()
+                    )),
+                ));
+            }
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no addresses")));
+        }
+        Ok(public)
+    }
+
+    /// Connects to the first reachable allowed address.
+    pub async fn dial(&self, host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+        let addrs = self.resolve(host, port).await?;
+        let mut last = None;
+        for a in addrs {
+            match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+    }
+}
+
+type Addrs = std::vec::IntoIter<SocketAddr>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = Addrs;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Addrs>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let this = self.clone();
+        // The connector sets the port; resolving with 0 keeps this service port-agnostic.
+        Box::pin(async move { this.resolve(name.as_str(), 0).await.map(|v| v.into_iter()) })
+    }
+}
+
+/// The pooled upstream client and what raw connections need.
+#[derive(Clone)]
+pub struct Upstream {
+    pub client: Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Body>,
+    pub resolver: Resolver,
+    /// For connections made by hand (WebSocket): HTTP/1.1 only.
+    pub tls_h1: Arc<rustls::ClientConfig>,
+}
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Upstream {
+    pub fn new(resolver: Resolver, extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> Self {
+        let mut http = HttpConnector::new_with_resolver(resolver.clone());
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let tls = crate::http::tls_client_config(extra_roots);
+        let mut tls_h1 = tls.clone();
+        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Upstream {
+            client,
+            resolver,
+            tls_h1: Arc::new(tls_h1),
+        }
+    }
+
+    /// Sends a request on a pooled connection. (A plain function, so the request future's
+    /// bounds are checked here and not inside callers' async state machines.)
+    pub fn send(&self, req: hyper::Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(req)
+    }
+
+    /// A TLS connection to `host:port` offering only HTTP/1.1 (for upgrades).
+    pub async fn connect_tls_h1(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = self.resolver.dial(host, port, CONNECT_TIMEOUT).await?;
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tokio_rustls::TlsConnector::from(self.tls_h1.clone()).connect(name, tcp).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "192.0.2.1", "2001:db8::1"] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn overrides_and_private_rule() {
+        let mut o = BTreeMap::new();
+        o.insert("api.kz.test".to_string(), "127.0.0.1".parse().unwrap());
+        let strict = Resolver::new(o.clone(), false);
+        let err = strict.resolve("api.kz.test", 443).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("non-public address 127.0.0.1"), "{err}");
+        let err = strict.resolve("169.254.169.254", 80).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let open = Resolver::new(o, true);
+        assert_eq!(open.resolve("API.kz.test", 8443).await.unwrap(), vec!["127.0.0.1:8443".parse().unwrap()]);
+    }
+}
