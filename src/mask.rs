@@ -35,10 +35,32 @@ pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
             .to_string()
             .into_bytes(),
     ));
+    // The value inside a longer base64 text (such as `user:value` in Basic credentials) starts
+    // at any of three byte alignments; the characters it alone determines are the same there.
+    if value.len() >= MIN_UNALIGNED_LEN {
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            for shift in 1..3usize {
+                let mut shifted = Zeroizing::new(vec![0u8; shift]);
+                shifted.extend_from_slice(value.as_bytes());
+                let enc = Zeroizing::new(engine.encode(&shifted[..]).into_bytes());
+                let first = (8 * shift).div_ceil(6);
+                let last = (8 * (shift + value.len())) / 6;
+                if last > first {
+                    out.push(Zeroizing::new(enc[first..last].to_vec()));
+                }
+            }
+            let enc = Zeroizing::new(engine.encode(value).into_bytes());
+            let last = (8 * value.len()) / 6;
+            out.push(Zeroizing::new(enc[..last].to_vec()));
+        }
+    }
     let mut seen = HashSet::new();
     out.retain(|f| f.len() >= MIN_MASK_LEN && seen.insert(f.to_vec()));
     out
 }
+
+/// Values at least this long are also found inside longer base64 texts.
+pub const MIN_UNALIGNED_LEN: usize = 8;
 
 /// Everything but RFC 3986 unreserved characters, as `encodeURIComponent`-style encoders do.
 const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -135,6 +157,17 @@ mod tests {
             b"<concealed by kz>!"
         );
         assert_eq!(mask_chunks(&set, &[b"abcdX"]), b"<concealed by kz>X");
+    }
+
+    #[test]
+    fn value_inside_longer_base64_is_found_at_every_alignment() {
+        let v = "s3cr3t-value-42";
+        let set = MaskSet::new([v]).unwrap();
+        for prefix in ["", "u:", "us:", "use:", "user:"] {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{v}"));
+            let out = String::from_utf8(mask_chunks(&set, &[b64.as_bytes()])).unwrap();
+            assert!(out.contains("<concealed by kz>"), "{prefix:?}: {out}");
+        }
     }
 
     #[test]

@@ -18,7 +18,12 @@ const LOCAL_NO_PROXY: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Builds the child's proxy and CA variables. `user_no_proxy` is the user's own `NO_PROXY`
 /// (or `no_proxy`), kept and extended with loopback.
-pub fn child_env(proxy_url: &str, ca_bundle: &str, ca_only: &str, user_no_proxy: Option<&str>) -> Vec<(String, String)> {
+pub fn child_env(
+    proxy_url: &str,
+    ca_bundle: &str,
+    ca_only: &str,
+    user_no_proxy: Option<&str>,
+) -> Vec<(String, String)> {
     let mut no_proxy: Vec<String> = user_no_proxy
         .unwrap_or("")
         .split(',')
@@ -52,9 +57,17 @@ mod tests {
 
     #[test]
     fn merges_no_proxy_and_sets_every_ca_variable() {
-        let env = child_env("http://kz:c@127.0.0.1:1", "/t/bundle.pem", "/t/ca.pem", Some("corp.internal, localhost"));
+        let env = child_env(
+            "http://kz:c@127.0.0.1:1",
+            "/t/bundle.pem",
+            "/t/ca.pem",
+            Some("corp.internal, localhost"),
+        );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("NO_PROXY"), Some("corp.internal,localhost,127.0.0.1,::1"));
+        assert_eq!(
+            get("NO_PROXY"),
+            Some("corp.internal,localhost,127.0.0.1,::1")
+        );
         assert_eq!(get("no_proxy"), get("NO_PROXY"));
         assert_eq!(get("https_proxy"), Some("http://kz:c@127.0.0.1:1"));
         assert_eq!(get("NODE_USE_ENV_PROXY"), Some("1"));

@@ -97,7 +97,12 @@ impl TokenTable {
                         break t;
                     }
                 };
-                BlindSecret { name, token, value, hosts }
+                BlindSecret {
+                    name,
+                    token,
+                    value,
+                    hosts,
+                }
             })
             .collect();
         let mut scrub = Vec::new();
@@ -136,9 +141,9 @@ impl TokenTable {
         if !data.windows(needle.len()).any(|w| w == needle) {
             return None;
         }
-        self.secrets.iter().position(|s| {
-            data.windows(s.token.len()).any(|w| w == s.token.as_bytes())
-        })
+        self.secrets
+            .iter()
+            .position(|s| data.windows(s.token.len()).any(|w| w == s.token.as_bytes()))
     }
 
     /// The swap sets for one destination, built once and cached.
@@ -192,14 +197,20 @@ pub fn basic_decoded(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
 /// Swaps tokens inside `Basic` credentials: decode, swap, re-encode. `Ok(None)`: not Basic or
 /// nothing to swap.
 pub fn swap_basic(value: &[u8], swap: &PatternSet) -> Result<Option<Vec<u8>>, usize> {
-    let Some(decoded) = basic_decoded(value) else { return Ok(None) };
+    let Some(decoded) = basic_decoded(value) else {
+        return Ok(None);
+    };
     match swap.replace_all(&decoded)? {
         Some(swapped) => {
             let swapped = Zeroizing::new(swapped);
             let scheme = &value[..value.iter().position(|b| *b == b' ').unwrap_or(0)];
             let mut out = scheme.to_vec();
             out.push(b' ');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&swapped[..]).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&swapped[..])
+                    .as_bytes(),
+            );
             Ok(Some(out))
         }
         None => Ok(None),
@@ -212,8 +223,16 @@ mod tests {
 
     fn table() -> TokenTable {
         TokenTable::new(vec![
-            ("GH".into(), SecretValue::new("ghp_real&v/1"), vec![HostPattern::parse("api.github.com").unwrap()]),
-            ("SL".into(), SecretValue::new("xoxb-\"slack\""), vec![HostPattern::parse("*.slack.com").unwrap()]),
+            (
+                "GH".into(),
+                SecretValue::new("ghp_real&v/1"),
+                vec![HostPattern::parse("api.github.com").unwrap()],
+            ),
+            (
+                "SL".into(),
+                SecretValue::new("xoxb-\"slack\""),
+                vec![HostPattern::parse("*.slack.com").unwrap()],
+            ),
         ])
     }
 
@@ -222,7 +241,9 @@ mod tests {
         let a = new_token();
         assert!(a.starts_with(TOKEN_PREFIX));
         assert_eq!(a.len(), TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS);
-        assert!(a[TOKEN_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(a[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric()));
         let many: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
         assert_eq!(many.len(), 1000);
     }
@@ -235,24 +256,47 @@ mod tests {
         let h = t.for_host("api.github.com", 443);
         assert!(h.any_bound);
         let target = format!("/repos?token={gh}");
-        assert_eq!(h.url.replace_all(target.as_bytes()).unwrap().unwrap(), b"/repos?token=ghp_real%26v%2F1");
-        assert_eq!(h.raw.replace_all(format!("token {gh}").as_bytes()).unwrap().unwrap(), b"token ghp_real&v/1");
+        assert_eq!(
+            h.url.replace_all(target.as_bytes()).unwrap().unwrap(),
+            b"/repos?token=ghp_real%26v%2F1"
+        );
+        assert_eq!(
+            h.raw
+                .replace_all(format!("token {gh}").as_bytes())
+                .unwrap()
+                .unwrap(),
+            b"token ghp_real&v/1"
+        );
         assert_eq!(h.raw.replace_all(format!("x {sl}").as_bytes()), Err(1));
         let slack = t.for_host("hooks.slack.com", 443);
         let body = format!("{{\"t\":\"{sl}\"}}");
-        assert_eq!(slack.json.replace_all(body.as_bytes()).unwrap().unwrap(), br#"{"t":"xoxb-\"slack\""}"#);
+        assert_eq!(
+            slack.json.replace_all(body.as_bytes()).unwrap().unwrap(),
+            br#"{"t":"xoxb-\"slack\""}"#
+        );
         assert!(!t.for_host("evil.example", 443).any_bound);
-        assert_eq!(t.for_host("evil.example", 443).raw.replace_all(gh.as_bytes()), Err(0));
+        assert_eq!(
+            t.for_host("evil.example", 443)
+                .raw
+                .replace_all(gh.as_bytes()),
+            Err(0)
+        );
     }
 
     #[test]
     fn basic_credentials_are_swapped_inside() {
         let t = table();
         let gh = &t.secrets[0].token;
-        let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{gh}")));
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{gh}"))
+        );
         let h = t.for_host("api.github.com", 443);
         let out = swap_basic(header.as_bytes(), &h.raw).unwrap().unwrap();
-        let expect = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_real&v/1"));
+        let expect = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_real&v/1")
+        );
         assert_eq!(out, expect.as_bytes());
         let evil = t.for_host("evil.example", 443);
         assert_eq!(swap_basic(header.as_bytes(), &evil.raw), Err(0));
@@ -266,7 +310,15 @@ mod tests {
             "v=ghp_real&v/1 b64={} url=ghp_real%26v%2F1",
             base64::engine::general_purpose::STANDARD.encode("ghp_real&v/1")
         );
-        let out = t.scrubber().unwrap().replace_all(echoed.as_bytes()).unwrap().unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), format!("v={gh} b64={gh} url={gh}"));
+        let out = t
+            .scrubber()
+            .unwrap()
+            .replace_all(echoed.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("v={gh} b64={gh} url={gh}")
+        );
     }
 }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, MatchKind};
 use zeroize::{Zeroize, Zeroizing};
 
+/// A pattern or replacement; may hold secret material, so it is wiped on drop.
+pub type Bytes = Zeroizing<Vec<u8>>;
+
 /// Compiled patterns and what each becomes (`None`: forbidden).
 pub struct PatternSet {
     ac: AhoCorasick,
@@ -33,7 +36,9 @@ impl Drop for PrefixSet {
 
 impl PatternSet {
     /// `None` when there is no non-empty pattern.
-    pub fn new(pairs: Vec<(Zeroizing<Vec<u8>>, Option<Zeroizing<Vec<u8>>>)>) -> Option<Arc<PatternSet>> {
+    pub fn new(
+        pairs: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Option<Arc<PatternSet>> {
         let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
         if pairs.is_empty() {
             return None;
@@ -67,7 +72,10 @@ impl PatternSet {
 
     /// Indices of the patterns that occur in `data`.
     pub fn indices(&self, data: &[u8]) -> std::collections::BTreeSet<usize> {
-        self.ac.find_iter(data).map(|m| m.pattern().as_usize()).collect()
+        self.ac
+            .find_iter(data)
+            .map(|m| m.pattern().as_usize())
+            .collect()
     }
 
     /// Whether any pattern occurs in `data`.
@@ -83,7 +91,9 @@ impl PatternSet {
         let mut out = Vec::with_capacity(data.len() + 64);
         let mut last = 0;
         for m in self.ac.find_iter(data) {
-            let rep = self.replacements[m.pattern().as_usize()].as_ref().ok_or(m.pattern().as_usize())?;
+            let rep = self.replacements[m.pattern().as_usize()]
+                .as_ref()
+                .ok_or(m.pattern().as_usize())?;
             out.extend_from_slice(&data[last..m.start()]);
             out.extend_from_slice(rep);
             last = m.end();
@@ -171,7 +181,11 @@ mod tests {
 
     #[test]
     fn forbidden_patterns_stop_the_stream_before_them() {
-        let set = PatternSet::new(vec![(z("KZ_TOK_a"), Some(z("value-a"))), (z("KZ_TOK_b"), None)]).unwrap();
+        let set = PatternSet::new(vec![
+            (z("KZ_TOK_a"), Some(z("value-a"))),
+            (z("KZ_TOK_b"), None),
+        ])
+        .unwrap();
         let mut r = set.stream();
         let mut out = Vec::new();
         r.push(b"x=KZ_TOK_a&y=KZ_T", &mut out).unwrap();
@@ -180,6 +194,9 @@ mod tests {
         assert_eq!(out, b"x=value-a&y=");
         assert_eq!(set.replace_all(b"KZ_TOK_a KZ_TOK_b"), Err(1));
         assert_eq!(set.replace_all(b"none").unwrap(), None);
-        assert_eq!(set.replace_all(b"<KZ_TOK_a>").unwrap().unwrap(), b"<value-a>");
+        assert_eq!(
+            set.replace_all(b"<KZ_TOK_a>").unwrap().unwrap(),
+            b"<value-a>"
+        );
     }
 }

@@ -48,13 +48,22 @@ pub struct Refused(pub usize);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "token of secret #{} refused for this destination", self.0)
+        write!(
+            f,
+            "token of secret #{} refused for this destination",
+            self.0
+        )
     }
 }
 impl std::error::Error for Refused {}
 
 impl Transform {
-    pub fn new(inner: Body, set: Option<&Arc<PatternSet>>, gunzip: bool, report: Arc<StreamReport>) -> Self {
+    pub fn new(
+        inner: Body,
+        set: Option<&Arc<PatternSet>>,
+        gunzip: bool,
+        report: Arc<StreamReport>,
+    ) -> Self {
         Transform {
             inner,
             gunzip: gunzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
@@ -97,9 +106,13 @@ impl Transform {
             }
             None => data.to_vec(),
         };
-        let Some(r) = &mut self.replacer else { return Ok(plain) };
+        let Some(r) = &mut self.replacer else {
+            return Ok(plain);
+        };
         let mut out = Vec::with_capacity(plain.len() + 64);
-        let res = r.push(&plain, &mut out).and_then(|_| if end { r.finish(&mut out) } else { Ok(()) });
+        let res = r
+            .push(&plain, &mut out)
+            .and_then(|_| if end { r.finish(&mut out) } else { Ok(()) });
         if let Some(seen) = &self.seen {
             seen.lock().unwrap().extend(r.seen().iter().copied());
         }
@@ -119,7 +132,10 @@ impl HttpBody for Transform {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -139,7 +155,9 @@ impl HttpBody for Transform {
                         if out.is_empty() {
                             continue;
                         }
-                        self.report.bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+                        self.report
+                            .bytes
+                            .fetch_add(out.len() as u64, Ordering::Relaxed);
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
                     // Trailers pass through after whatever is still held back.
@@ -154,7 +172,9 @@ impl HttpBody for Transform {
                         self.done = true;
                         if !rest.is_empty() {
                             // Trailers are rare on intercepted traffic; the held bytes matter more.
-                            self.report.bytes.fetch_add(rest.len() as u64, Ordering::Relaxed);
+                            self.report
+                                .bytes
+                                .fetch_add(rest.len() as u64, Ordering::Relaxed);
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
                         }
                         return Poll::Ready(Some(Ok(frame)));
@@ -169,7 +189,9 @@ impl HttpBody for Transform {
                     if rest.is_empty() {
                         return Poll::Ready(None);
                     }
-                    self.report.bytes.fetch_add(rest.len() as u64, Ordering::Relaxed);
+                    self.report
+                        .bytes
+                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
                 }
             }
@@ -207,7 +229,9 @@ pub fn collect_limited(
 }
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(data.into()).map_err(|never| match never {}).boxed()
+    http_body_util::Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub struct Ca {
@@ -20,15 +23,24 @@ impl Ca {
         let key = KeyPair::generate().map_err(|e| format!("ca key: {e}"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("KeyZero per-run CA {}", std::process::id()));
+        dn.push(
+            DnType::CommonName,
+            format!("KeyZero per-run CA {}", std::process::id()),
+        );
         dn.push(DnType::OrganizationName, "KeyZero");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = time_now();
         params.not_before = now - std::time::Duration::from_secs(3600);
         params.not_after = now + std::time::Duration::from_secs(30 * 86_400);
-        let cert = params.self_signed(&key).map_err(|e| format!("ca certificate: {e}"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| format!("ca certificate: {e}"))?;
         Ok(Ca {
             cert,
             key,
@@ -57,9 +69,16 @@ impl Ca {
         params.distinguished_name = dn;
         params.subject_alt_names = vec![match host.trim_matches(['[', ']']).parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(host.clone().try_into().map_err(|e| format!("leaf name {host:?}: {e}"))?),
+            Err(_) => SanType::DnsName(
+                host.clone()
+                    .try_into()
+                    .map_err(|e| format!("leaf name {host:?}: {e}"))?,
+            ),
         }];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let now = time_now();
         params.not_before = now - std::time::Duration::from_secs(3600);
@@ -69,12 +88,14 @@ impl Ca {
             .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
         let chain = vec![leaf.der().clone(), self.cert.der().clone()];
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, der)
-            .map_err(|e| format!("tls config for {host}: {e}"))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, der)
+        .map_err(|e| format!("tls config for {host}: {e}"))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
         self.leaves.lock().unwrap().insert(host, cfg.clone());

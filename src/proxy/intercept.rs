@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING,
-    CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION,
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, UPGRADE,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -30,13 +30,20 @@ pub const MAX_BUFFERED_RESPONSE: u64 = 1 << 20;
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn incoming(b: Incoming) -> Body {
-    b.map_err(|e| -> super::upstream::BoxError { Box::new(e) }).boxed()
+    b.map_err(|e| -> super::upstream::BoxError { Box::new(e) })
+        .boxed()
 }
 
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
     ) || name == PROXY_AUTHORIZATION
 }
 
@@ -48,9 +55,17 @@ struct SwappedHead {
 }
 
 /// Swaps tokens in the target and every header value. `Err(index)`: a token not bound here.
-fn swap_head(swap: &HostSwap, parts: &hyper::http::request::Parts, keep_upgrade: bool) -> Result<SwappedHead, usize> {
+fn swap_head(
+    swap: &HostSwap,
+    parts: &hyper::http::request::Parts,
+    keep_upgrade: bool,
+) -> Result<SwappedHead, usize> {
     let mut seen = BTreeSet::new();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let path_and_query = match swap.url.replace_all(pq.as_bytes())? {
         Some(v) => {
             seen.extend(swap.url.indices(pq.as_bytes()));
@@ -68,7 +83,9 @@ fn swap_head(swap: &HostSwap, parts: &hyper::http::request::Parts, keep_upgrade:
     let mut headers = HeaderMap::new();
     for (name, value) in &parts.headers {
         let keep = keep_upgrade && (name == UPGRADE || name == CONNECTION);
-        if name == HOST || (!keep && (hop_by_hop(name) || connection_tokens.iter().any(|t| t == name.as_str()))) {
+        if name == HOST
+            || (!keep && (hop_by_hop(name) || connection_tokens.iter().any(|t| t == name.as_str())))
+        {
             continue;
         }
         let mut bytes: Vec<u8> = value.as_bytes().to_vec();
@@ -85,7 +102,8 @@ fn swap_head(swap: &HostSwap, parts: &hyper::http::request::Parts, keep_upgrade:
             bytes = v;
         }
         // A value with bytes a header cannot carry is refused rather than mangled.
-        let value = HeaderValue::from_bytes(&bytes).map_err(|_| seen.iter().next().copied().unwrap_or(0))?;
+        let value = HeaderValue::from_bytes(&bytes)
+            .map_err(|_| seen.iter().next().copied().unwrap_or(0))?;
         headers.append(name.clone(), value);
     }
     Ok(SwappedHead {
@@ -114,11 +132,26 @@ fn host_agrees(req: &Request<Incoming>, dest: &Dest) -> Result<(), String> {
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from));
-    let Some(claimed) = claimed else { return Ok(()) };
-    let has_port = claimed.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) && !claimed.ends_with(']');
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        });
+    let Some(claimed) = claimed else {
+        return Ok(());
+    };
+    let has_port = claimed
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        && !claimed.ends_with(']');
     match split_authority(&claimed, dest.port) {
-        Some((h, p)) if h.trim_end_matches('.') == dest.host.trim_end_matches('.') && (!has_port || p == dest.port) => Ok(()),
+        Some((h, p))
+            if h.trim_end_matches('.') == dest.host.trim_end_matches('.')
+                && (!has_port || p == dest.port) =>
+        {
+            Ok(())
+        }
         _ => Err(format!(
             "host {claimed} does not match the connection's destination {}:{}",
             dest.host, dest.port
@@ -145,17 +178,30 @@ pub fn intercepted(
     Box::pin(intercepted_inner(proxy, dest, misdirected, req))
 }
 
-async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<String>, mut req: Request<Incoming>) -> Response<Body> {
+async fn intercepted_inner(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    misdirected: Option<String>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     if let Some(sni) = misdirected {
-        let reason = format!("tls server name {sni} does not match the CONNECT target {}", dest.host);
+        let reason = format!(
+            "tls server name {sni} does not match the CONNECT target {}",
+            dest.host
+        );
         return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
     }
     if let Err(reason) = host_agrees(&req, &dest) {
         return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
     }
     // IP literals bypass name resolution in the pooled client, so check them here.
-    if dest.host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
+    if dest
+        .host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
         if let Err(e) = proxy.upstream.resolver.resolve(&dest.host, dest.port).await {
             return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
         }
@@ -209,7 +255,12 @@ async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<St
     } else if length.is_some_and(|l| l <= MAX_BUFFERED_REQUEST) {
         let data = match collect_limited(incoming(body), MAX_BUFFERED_REQUEST as usize).await {
             Ok(d) => d,
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, &format!("kz: reading request body: {e}\n")),
+            Err(e) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("kz: reading request body: {e}\n"),
+                )
+            }
         };
         let data = match set.replace_all(&data) {
             Err(i) => return refuse_token(&proxy, &dest, i),
@@ -247,7 +298,12 @@ async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<St
     *up.headers_mut() = headers;
 
     let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, proxy.upstream.send(up)).await {
-        Err(_) => return text_response(StatusCode::GATEWAY_TIMEOUT, &format!("kz: {} did not answer in time\n", dest.host)),
+        Err(_) => {
+            return text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("kz: {} did not answer in time\n", dest.host),
+            )
+        }
         Ok(Err(e)) => {
             if let Some(i) = *req_report.refused.lock().unwrap() {
                 return refuse_token(&proxy, &dest, i);
@@ -255,7 +311,10 @@ async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<St
             if let Some(p) = find_cause::<PrivateAddress>(&e) {
                 return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &p.0);
             }
-            return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {}\n", dest.host, error_chain(&e)));
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("kz: upstream {}: {}\n", dest.host, error_chain(&e)),
+            );
         }
         Ok(Ok(r)) => r,
     };
@@ -271,7 +330,10 @@ async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<St
     if let Some(enc) = encoding.as_deref().filter(|e| !gzip && *e != "identity") {
         return text_response(
             StatusCode::BAD_GATEWAY,
-            &format!("kz: {} sent a {enc}-encoded response, which kz cannot scrub\n", dest.host),
+            &format!(
+                "kz: {} sent a {enc}-encoded response, which kz cannot scrub\n",
+                dest.host
+            ),
         );
     }
     if gzip {
@@ -328,13 +390,20 @@ async fn intercepted_inner(proxy: Arc<Proxy>, dest: Dest, misdirected: Option<St
     } else if !gzip && rlength.is_some_and(|l| l <= MAX_BUFFERED_RESPONSE) {
         let data = match collect_limited(incoming(rbody), MAX_BUFFERED_RESPONSE as usize).await {
             Ok(d) => d,
-            Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: reading response from {}: {e}\n", dest.host)),
+            Err(e) => {
+                return text_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("kz: reading response from {}: {e}\n", dest.host),
+                )
+            }
         };
         let data = match proxy.table.scrubber().map(|s| s.replace_all(&data)) {
             Some(Ok(Some(v))) => Bytes::from(v),
             _ => data,
         };
-        rparts.headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        rparts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
         audit_line(data.len() as u64);
         full(data)
     } else {
@@ -362,7 +431,11 @@ fn scrub_headers(proxy: &Proxy, headers: &mut HeaderMap) {
         if hop_by_hop(&name) {
             continue;
         }
-        let value = match proxy.table.scrubber().map(|s| s.replace_all(value.as_bytes())) {
+        let value = match proxy
+            .table
+            .scrubber()
+            .map(|s| s.replace_all(value.as_bytes()))
+        {
             Some(Ok(Some(v))) => HeaderValue::from_bytes(&v).unwrap_or(value),
             _ => value,
         };
@@ -370,7 +443,9 @@ fn scrub_headers(proxy: &Proxy, headers: &mut HeaderMap) {
     }
 }
 
-fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<T>() {
@@ -418,18 +493,31 @@ async fn websocket(
             Err(e) => return upstream_error(&proxy, &dest, e),
         }
     } else {
-        match proxy.upstream.resolver.dial(&dest.host, dest.port, super::upstream::CONNECT_TIMEOUT).await {
+        match proxy
+            .upstream
+            .resolver
+            .dial(&dest.host, dest.port, super::upstream::CONNECT_TIMEOUT)
+            .await
+        {
             Ok(s) => Box::new(s),
             Err(e) => return upstream_error(&proxy, &dest, e),
         }
     };
     let mut sender = match h1_handshake(io).await {
         Ok(x) => x,
-        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {e}\n", dest.host)),
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("kz: upstream {}: {e}\n", dest.host),
+            )
+        }
     };
     let mut up = Request::new(empty());
     *up.method_mut() = method.clone();
-    *up.uri_mut() = head.path_and_query.parse().unwrap_or_else(|_| "/".parse().expect("valid"));
+    *up.uri_mut() = head
+        .path_and_query
+        .parse()
+        .unwrap_or_else(|_| "/".parse().expect("valid"));
     *up.headers_mut() = head.headers;
     let default_port = if dest.tls { 443 } else { 80 };
     let host_value = if dest.port == default_port {
@@ -442,21 +530,37 @@ async fn websocket(
     }
     let mut resp = match h1_send(&mut sender, up).await {
         Ok(r) => r,
-        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: upstream {}: {e}\n", dest.host)),
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("kz: upstream {}: {e}\n", dest.host),
+            )
+        }
     };
     let status = resp.status();
     let mut m = Map::new();
     m.insert("host".into(), dest.host.clone().into());
     m.insert("port".into(), dest.port.into());
     m.insert("method".into(), method.to_string().into());
-    m.insert("path".into(), head.path_and_query.split('?').next().unwrap_or("/").into());
+    m.insert(
+        "path".into(),
+        head.path_and_query.split('?').next().unwrap_or("/").into(),
+    );
     m.insert(
         "secrets".into(),
-        Value::Array(head.seen.iter().map(|i| Value::from(proxy.table.name(*i))).collect()),
+        Value::Array(
+            head.seen
+                .iter()
+                .map(|i| Value::from(proxy.table.name(*i)))
+                .collect(),
+        ),
     );
     m.insert("status".into(), status.as_u16().into());
     m.insert("upgrade".into(), "websocket".into());
-    m.insert("latency_ms".into(), Value::from(start.elapsed().as_millis() as u64));
+    m.insert(
+        "latency_ms".into(),
+        Value::from(start.elapsed().as_millis() as u64),
+    );
     proxy.audit.record("request", m);
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
@@ -467,14 +571,20 @@ async fn websocket(
     let mut out = Response::new(empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     for (name, value) in resp.headers() {
-        let value = match proxy.table.scrubber().map(|s| s.replace_all(value.as_bytes())) {
+        let value = match proxy
+            .table
+            .scrubber()
+            .map(|s| s.replace_all(value.as_bytes()))
+        {
             Some(Ok(Some(v))) => HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone()),
             _ => value.clone(),
         };
         out.headers_mut().append(name.clone(), value);
     }
     tokio::spawn(async move {
-        let (Ok(client), Ok(upstream)) = tokio::join!(on_client, on_upstream) else { return };
+        let (Ok(client), Ok(upstream)) = tokio::join!(on_client, on_upstream) else {
+            return;
+        };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -489,7 +599,8 @@ type BoxFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 /// functions returning boxed futures keep hyper's body bounds out of the callers' state machines.
 fn h1_handshake(io: Box<dyn Io>) -> BoxFut<hyper::Result<H1Sender>> {
     Box::pin(async move {
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
         tokio::spawn(conn.with_upgrades());
         Ok(sender)
     })
@@ -503,5 +614,8 @@ fn upstream_error(proxy: &Proxy, dest: &Dest, e: std::io::Error) -> Response<Bod
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
     }
-    text_response(StatusCode::BAD_GATEWAY, &format!("kz: cannot reach {}:{}: {e}\n", dest.host, dest.port))
+    text_response(
+        StatusCode::BAD_GATEWAY,
+        &format!("kz: cannot reach {}:{}: {e}\n", dest.host, dest.port),
+    )
 }

@@ -4,8 +4,8 @@
 
 pub mod body;
 pub mod ca;
-pub mod session;
 pub mod intercept;
+pub mod session;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -57,10 +57,16 @@ impl Proxy {
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(v) = req.headers().get(PROXY_AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(v) = req
+            .headers()
+            .get(PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return false;
         };
-        let Some((scheme, cred)) = v.split_once(' ') else { return false };
+        let Some((scheme, cred)) = v.split_once(' ') else {
+            return false;
+        };
         if !scheme.eq_ignore_ascii_case("basic") {
             return false;
         }
@@ -89,7 +95,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(full(text.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -145,7 +154,10 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Bo
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "kz: proxy credentials required (this proxy serves one kz run)\n",
         );
-        r.headers_mut().insert(PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kz\""));
+        r.headers_mut().insert(
+            PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"kz\""),
+        );
         let mut m = Map::new();
         m.insert("reason".into(), "missing or wrong proxy credentials".into());
         m.insert("status".into(), 407.into());
@@ -165,10 +177,18 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Bo
     let tls = match scheme {
         "http" => false,
         "https" => true,
-        other => return Ok(text_response(StatusCode::BAD_REQUEST, &format!("kz: unsupported scheme {other}\n"))),
+        other => {
+            return Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                &format!("kz: unsupported scheme {other}\n"),
+            ))
+        }
     };
     let Some((host, port)) = split_authority(authority.as_str(), if tls { 443 } else { 80 }) else {
-        return Ok(text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"));
+        return Ok(text_response(
+            StatusCode::BAD_REQUEST,
+            "kz: bad request target\n",
+        ));
     };
     if !proxy.allowed(&host, port) {
         let reason = format!("{host}:{port} is not in [network] allow");
@@ -179,7 +199,11 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
-    let Some((host, port)) = req.uri().authority().and_then(|a| split_authority(a.as_str(), 443)) else {
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| split_authority(a.as_str(), 443))
+    else {
         return text_response(StatusCode::BAD_REQUEST, "kz: CONNECT needs host:port\n");
     };
     if !proxy.allowed(&host, port) {
@@ -192,16 +216,28 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: {e}\n")),
         };
         tokio::spawn(async move {
-            let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(TokioIo::new(upgraded)).await else {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(TokioIo::new(upgraded))
+                .await
+            else {
                 return;
             };
             let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-            let misdirected = sni.filter(|s| s.trim_end_matches('.') != host.trim_matches(['[', ']']));
-            let dest = Dest { host, port, tls: true };
+            let misdirected =
+                sni.filter(|s| s.trim_end_matches('.') != host.trim_matches(['[', ']']));
+            let dest = Dest {
+                host,
+                port,
+                tls: true,
+            };
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (proxy, dest, misdirected) = (proxy.clone(), dest.clone(), misdirected.clone());
-                async move { Ok::<_, Infallible>(intercept::intercepted(proxy, dest, misdirected, req).await) }
+                async move {
+                    Ok::<_, Infallible>(intercept::intercepted(proxy, dest, misdirected, req).await)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -210,26 +246,43 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         return Response::new(empty());
     }
     // Not bound to any secret: a plain tunnel, never decrypted.
-    let upstream = match proxy.upstream.resolver.dial(&host, port, upstream::CONNECT_TIMEOUT).await {
+    let upstream = match proxy
+        .upstream
+        .resolver
+        .dial(&host, port, upstream::CONNECT_TIMEOUT)
+        .await
+    {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return proxy.refuse(StatusCode::FORBIDDEN, &host, &e.to_string());
         }
-        Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: cannot reach {host}:{port}: {e}\n")),
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("kz: cannot reach {host}:{port}: {e}\n"),
+            )
+        }
     };
     let audit = proxy.audit.clone();
     tokio::spawn(async move {
         let start = std::time::Instant::now();
-        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
         let mut client = TokioIo::new(upgraded);
         let mut upstream = upstream;
-        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await.unwrap_or((0, 0));
+        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .unwrap_or((0, 0));
         let mut m = Map::new();
         m.insert("host".into(), host.into());
         m.insert("port".into(), port.into());
         m.insert("bytes_out".into(), up.into());
         m.insert("bytes_in".into(), down.into());
-        m.insert("latency_ms".into(), Value::from(start.elapsed().as_millis() as u64));
+        m.insert(
+            "latency_ms".into(),
+            Value::from(start.elapsed().as_millis() as u64),
+        );
         audit.record("tunnel", m);
     });
     Response::new(empty())
@@ -241,8 +294,14 @@ mod tests {
 
     #[test]
     fn authorities() {
-        assert_eq!(split_authority("api.x.com:8443", 443), Some(("api.x.com".into(), 8443)));
-        assert_eq!(split_authority("API.x.com", 443), Some(("api.x.com".into(), 443)));
+        assert_eq!(
+            split_authority("api.x.com:8443", 443),
+            Some(("api.x.com".into(), 8443))
+        );
+        assert_eq!(
+            split_authority("API.x.com", 443),
+            Some(("api.x.com".into(), 443))
+        );
         assert_eq!(split_authority("[::1]:80", 443), Some(("[::1]".into(), 80)));
         assert_eq!(split_authority("x:notaport", 443), None);
     }

@@ -36,11 +36,16 @@ fn write_private(path: &std::path::Path, data: &str) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(data.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(data.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Starts the proxy for `vars` (name → real value) as configured in `cfg`.
-pub async fn start(cfg: &Config, vars: Vec<(String, SecretValue)>, audit: Arc<Audit>) -> Result<Session, String> {
+pub async fn start(
+    cfg: &Config,
+    vars: Vec<(String, SecretValue)>,
+    audit: Arc<Audit>,
+) -> Result<Session, String> {
     let mut secrets = Vec::new();
     for (name, value) in vars {
         let hosts = cfg
@@ -65,6 +70,7 @@ pub async fn start(cfg: &Config, vars: Vec<(String, SecretValue)>, audit: Arc<Au
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let dir = tempfile::Builder::new()
         .prefix("kz-blind-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
     let ca_pem = ca.cert_pem();
@@ -95,7 +101,10 @@ pub async fn start(cfg: &Config, vars: Vec<(String, SecretValue)>, audit: Arc<Au
 
 impl Session {
     pub fn proxy_url(&self) -> String {
-        format!("http://kz:{}@127.0.0.1:{}", self.proxy.credential, self.port)
+        format!(
+            "http://kz:{}@127.0.0.1:{}",
+            self.proxy.credential, self.port
+        )
     }
 
     /// Tokens for every secret plus the proxy and CA variables.

@@ -83,25 +83,36 @@ impl Resolver {
     }
 
     /// Addresses for `host`, after overrides and the private-address rule.
-    pub fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>> {
+    pub fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>> {
         let this = self.clone();
         let host = host.to_string();
         Box::pin(async move { this.resolve_inner(&host, port).await })
     }
 
     async fn resolve_inner(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let addrs: Vec<SocketAddr> = if let Some(ip) = self.overrides.get(bare.trim_end_matches('.')) {
-            vec![SocketAddr::new(*ip, port)]
-        } else if let Ok(ip) = bare.parse::<IpAddr>() {
-            vec![SocketAddr::new(ip, port)]
-        } else {
-            tokio::net::lookup_host((bare.as_str(), port)).await?.collect()
-        };
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let addrs: Vec<SocketAddr> =
+            if let Some(ip) = self.overrides.get(bare.trim_end_matches('.')) {
+                vec![SocketAddr::new(*ip, port)]
+            } else if let Ok(ip) = bare.parse::<IpAddr>() {
+                vec![SocketAddr::new(ip, port)]
+            } else {
+                tokio::net::lookup_host((bare.as_str(), port))
+                    .await?
+                    .collect()
+            };
         if self.allow_private {
             return Ok(addrs);
         }
-        let (public, private): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| is_public(a.ip()));
+        let (public, private): (Vec<_>, Vec<_>) =
+            addrs.into_iter().partition(|a| is_public(a.ip()));
         if public.is_empty() {
             if let Some(p) = private.first() {
                 return Err(std::io::Error::new(
@@ -112,13 +123,21 @@ impl Resolver {
                     )),
                 ));
             }
-            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no addresses")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host}: no addresses"),
+            ));
         }
         Ok(public)
     }
 
     /// Connects to the first reachable allowed address.
-    pub async fn dial(&self, host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    pub async fn dial(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> std::io::Result<TcpStream> {
         let addrs = self.resolve(host, port).await?;
         let mut last = None;
         for a in addrs {
@@ -128,7 +147,12 @@ impl Resolver {
                     return Ok(s);
                 }
                 Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+                Err(_) => {
+                    last = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
@@ -165,7 +189,10 @@ pub struct Upstream {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
-    pub fn new(resolver: Resolver, extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> Self {
+    pub fn new(
+        resolver: Resolver,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Self {
         let mut http = HttpConnector::new_with_resolver(resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -203,9 +230,15 @@ impl Upstream {
         port: u16,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = self.resolver.dial(host, port, CONNECT_TIMEOUT).await?;
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        tokio_rustls::TlsConnector::from(self.tls_h1.clone()).connect(name, tcp).await
+        let name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tokio_rustls::TlsConnector::from(self.tls_h1.clone())
+            .connect(name, tcp)
+            .await
     }
 }
 
@@ -215,7 +248,21 @@ mod tests {
 
     #[test]
     fn address_classes() {
-        for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "192.0.2.1", "2001:db8::1"] {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
+        ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
@@ -230,10 +277,16 @@ mod tests {
         let strict = Resolver::new(o.clone(), false);
         let err = strict.resolve("api.kz.test", 443).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("non-public address 127.0.0.1"), "{err}");
+        assert!(
+            err.to_string().contains("non-public address 127.0.0.1"),
+            "{err}"
+        );
         let err = strict.resolve("169.254.169.254", 80).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
         let open = Resolver::new(o, true);
-        assert_eq!(open.resolve("API.kz.test", 8443).await.unwrap(), vec!["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(
+            open.resolve("API.kz.test", 8443).await.unwrap(),
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
     }
 }

@@ -2,9 +2,12 @@
 //! binary against real components (moto, real TLS) or stand-ins that follow the documented wire
 //! contract where the real thing cannot be installed (Vault, 1Password).
 
+mod attacks;
 mod aws;
+mod blind;
 mod local;
 mod onepassword;
 mod run;
+mod upstream;
 mod util;
 mod vault;

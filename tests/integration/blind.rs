@@ -1,0 +1,407 @@
+//! Blind mode end to end: real clients (curl, Python requests/httpx/openai, Node fetch via
+//! undici, git) through `kz run --blind` to a local TLS upstream with its own CA. The upstream
+//! must see the real value; the child must only ever see tokens. Then the attacks.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use crate::upstream::{self, Upstream};
+use crate::util::{fixture, python, run, Sandbox};
+
+pub const REAL_GH: &str = "ghp_REALvalue_0123456789abcdef";
+pub const REAL_OTHER: &str = "other-REAL-secret-9876";
+
+pub struct Blind {
+    pub sb: Sandbox,
+    pub up: Upstream,
+}
+
+impl Blind {
+    pub fn new() -> Self {
+        Self::with_network("allow_private = true\n")
+    }
+
+    pub fn with_network(network: &str) -> Self {
+        let sb = Sandbox::new();
+        let up = upstream::start();
+        let port = up.port;
+        sb.config(&format!(
+            r#"
+[secrets]
+GH = {{ provider = "env", ref = "REAL_GH", hosts = ["api.kz.test:{port}"] }}
+OTHER = {{ provider = "env", ref = "REAL_OTHER", hosts = ["other.kz.test"] }}
+
+[network]
+hosts = {{ "api.kz.test" = "127.0.0.1", "other.kz.test" = "127.0.0.1", "evil.kz.test" = "127.0.0.1" }}
+upstream_ca = {ca:?}
+{network}
+[audit]
+path = "audit.jsonl"
+"#,
+            ca = fixture("tls/ca.pem").to_str().unwrap()
+        ));
+        Blind { sb, up }
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.up.port)
+    }
+
+    /// `kz run --blind --no-mask -- sh -c SCRIPT` (no masking: scrubbing alone must protect).
+    pub fn run_sh(&self, script: &str) -> (i32, String, String) {
+        run(self
+            .sb
+            .kz()
+            .env("REAL_GH", REAL_GH)
+            .env("REAL_OTHER", REAL_OTHER)
+            .env("UP", self.url("api.kz.test", ""))
+            .env("OTHER_UP", self.url("other.kz.test", ""))
+            .env("EVIL_UP", self.url("evil.kz.test", ""))
+            .env("PY", python())
+            .env("TEST_CA", fixture("tls/ca.pem"))
+            .env(
+                "NODE_PATH",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules"),
+            )
+            .args(["run", "--blind", "--no-mask", "--", "sh", "-c", script]))
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.sb.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn assert_no_real_value(out: &str, err: &str) {
+    for v in [REAL_GH, REAL_OTHER] {
+        assert!(
+            !out.contains(v) && !err.contains(v),
+            "the child saw a real value:\n{out}\n{err}"
+        );
+    }
+}
+
+#[test]
+fn curl_gets_tokens_and_the_upstream_gets_the_value() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"echo "env=$GH"; case "$GH" in KZ_TOK_*) ;; *) exit 9;; esac
+           curl -sS --fail -i "$UP/echo" -H "Authorization: Bearer $GH""#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let token = out
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("env=")
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("KZ_TOK_") && token.len() >= 29, "{token}");
+    let seen = b.up.last();
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+    assert!(
+        !seen.all().contains("KZ_TOK_"),
+        "no token reaches a bound host"
+    );
+    // The upstream echoed the credential in a header and the body: both scrubbed to the token.
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!(
+            "x-echo-authorization: bearer {}",
+            token.to_ascii_lowercase()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("authorization: Bearer {token}")),
+        "{out}"
+    );
+    assert_no_real_value(&out, &err);
+    // Audit: one line for the request, names only.
+    let audit = b.audit();
+    let req = audit
+        .iter()
+        .find(|l| l["event"] == "request")
+        .expect("request audited");
+    assert_eq!(req["host"], "api.kz.test");
+    assert_eq!(req["method"], "GET");
+    assert_eq!(req["path"], "/echo");
+    assert_eq!(req["secrets"], serde_json::json!(["GH"]));
+    assert_eq!(req["status"], 200);
+    let text = std::fs::read_to_string(b.sb.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !text.contains(REAL_GH) && !text.contains("KZ_TOK_"),
+        "{text}"
+    );
+}
+
+#[test]
+fn child_environment_has_proxy_and_ca_variables() {
+    let b = Blind::new();
+    let (code, out, err) = run(b
+        .sb
+        .kz()
+        .env("REAL_GH", REAL_GH)
+        .env("REAL_OTHER", REAL_OTHER)
+        .env("NO_PROXY", "corp.internal")
+        .args(["run", "--blind", "--", "sh", "-c", "env | sort; stat -c '%a %n' \"$SSL_CERT_FILE\" \"$KZ_CA_CERT\" \"$(dirname $KZ_CA_CERT)\"; grep -c BEGIN \"$SSL_CERT_FILE\"; echo dir=$(dirname $KZ_CA_CERT)"]));
+    assert_eq!(code, 0, "{err}");
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing:\n{out}"))
+            .to_string()
+    };
+    let proxy = get("HTTPS_PROXY");
+    assert!(
+        proxy.starts_with("http://kz:") && proxy.contains("@127.0.0.1:"),
+        "{proxy}"
+    );
+    for k in ["HTTP_PROXY", "http_proxy", "https_proxy"] {
+        assert_eq!(get(k), proxy);
+    }
+    assert_eq!(get("NO_PROXY"), "corp.internal,localhost,127.0.0.1,::1");
+    assert_eq!(get("NODE_USE_ENV_PROXY"), "1");
+    let bundle = get("SSL_CERT_FILE");
+    for k in [
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "AWS_CA_BUNDLE",
+        "PIP_CERT",
+        "CARGO_HTTP_CAINFO",
+        "DENO_CERT",
+    ] {
+        assert_eq!(get(k), bundle, "{k}");
+    }
+    assert!(out.contains(&format!("600 {bundle}")), "{out}");
+    assert!(out.contains("700 "), "private directory: {out}");
+    let certs: usize = out.lines().find_map(|l| l.parse().ok()).unwrap();
+    assert!(certs > 10, "system roots plus kz's CA: {certs}");
+    assert!(get("GH").starts_with("KZ_TOK_") && get("OTHER").starts_with("KZ_TOK_"));
+    assert_ne!(get("GH"), get("OTHER"));
+    assert!(!out.contains(REAL_GH));
+    // The temporary directory is gone after the run.
+    let dir = get("dir");
+    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+}
+
+#[test]
+fn a_secret_without_hosts_is_a_startup_error() {
+    let sb = Sandbox::new();
+    sb.config("[secrets]\nA = { provider = \"env\", ref = \"X\" }\nB = { provider = \"env\", ref = \"Y\", hosts = [\"b.example\"] }\nC = \"env://Z\"\n");
+    let marker = sb.path().join("ran");
+    let (code, _, err) = run(sb
+        .kz()
+        .env("X", "1")
+        .args(["run", "--blind", "--", "touch"])
+        .arg(&marker));
+    assert_eq!(code, 125);
+    assert!(!marker.exists());
+    assert!(
+        err.contains("kz: A: blind mode needs hosts")
+            && err.contains("kz: C: blind mode needs hosts"),
+        "{err}"
+    );
+    assert!(!err.contains("kz: B:"), "{err}");
+}
+
+#[test]
+fn python_requests_httpx_and_the_openai_sdk() {
+    let b = Blind::new();
+    let script = r#"
+import os, requests, httpx, openai
+up, tok = os.environ["UP"], os.environ["GH"]
+r = requests.post(up + "/echo", json={"token": tok, "n": 1}, headers={"X-Api-Key": tok})
+print("requests", r.status_code, r.text.count(tok))
+r = httpx.get(up + "/echo", params={"key": tok})
+print("httpx", r.status_code, r.text.count(tok))
+client = openai.OpenAI(base_url=up + "/v1", api_key=tok)
+c = client.chat.completions.create(model="kz-test", messages=[{"role": "user", "content": "hi"}])
+print("openai", c.choices[0].message.content == "you sent: Bearer " + tok)
+"#;
+    let (code, out, err) = b.run_sh(&format!("\"$PY\" -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("requests 200 2"),
+        "json body and header echoed back as the token: {out}"
+    );
+    assert!(out.contains("httpx 200 1"), "{out}");
+    assert!(
+        out.contains("openai True"),
+        "the echoed bearer came back as the token: {out}"
+    );
+    assert_no_real_value(&out, &err);
+    let reqs = b.up.requests();
+    let post = reqs.iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(post.header("x-api-key"), Some(REAL_GH));
+    let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+    assert_eq!(body["token"], REAL_GH);
+    assert_eq!(
+        post.header("content-length"),
+        Some(post.body.len().to_string().as_str()),
+        "content-length kept exact"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.target == format!("/echo?key={REAL_GH}")),
+        "query swapped"
+    );
+    let chat = reqs
+        .iter()
+        .find(|r| r.target == "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(
+        chat.header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+}
+
+#[test]
+fn node_fetch_with_undici_env_proxy_agent() {
+    let b = Blind::new();
+    let script = r#"
+const { EnvHttpProxyAgent, setGlobalDispatcher } = require("undici");
+setGlobalDispatcher(new EnvHttpProxyAgent());
+const { fetch } = require("undici");
+fetch(process.env.UP + "/echo", { headers: { authorization: "token " + process.env.GH } })
+  .then(r => r.text().then(t => console.log("node", r.status, t.includes(process.env.GH))))
+  .catch(e => { console.error(e); process.exit(3); });
+"#;
+    let (code, out, err) = b.run_sh(&format!("node -e '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node 200 true"), "{out}");
+    assert_eq!(
+        b.up.last().header("authorization"),
+        Some(format!("token {REAL_GH}").as_str())
+    );
+    assert_no_real_value(&out, &err);
+}
+
+#[test]
+fn git_over_https_with_basic_credentials() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"git -c credential.helper= ls-remote "https://x-access-token:$GH@api.kz.test:${UP##*:}/git/repo.git""#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("refs/heads/main"), "{out}");
+    use base64::Engine;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{REAL_GH}"))
+    );
+    assert!(
+        b.up.requests()
+            .iter()
+            .any(|r| r.header("authorization") == Some(expected.as_str())),
+        "upstream saw the real value inside Basic credentials"
+    );
+    assert_no_real_value(&out, &err);
+}
+
+#[test]
+fn http2_end_to_end() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(r#"curl -sS --fail --http2 -o /dev/null -w '%{http_version}\n' "$UP/h2" -H "Authorization: Bearer $GH""#);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "2", "client side spoke HTTP/2");
+    let seen = b.up.last();
+    assert_eq!(seen.version, "HTTP/2.0", "upstream side spoke HTTP/2");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+}
+
+#[test]
+fn server_sent_events_arrive_as_they_are_sent() {
+    let b = Blind::new();
+    let mut child =
+        b.sb.kz()
+            .env("REAL_GH", REAL_GH)
+            .env("REAL_OTHER", REAL_OTHER)
+            .env("UP", b.url("api.kz.test", ""))
+            .args([
+                "run",
+                "--blind",
+                "--",
+                "sh",
+                "-c",
+                "curl -sS -N \"$UP/sse\" -H \"Authorization: Bearer $GH\"",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first = None;
+    let mut second = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "data: first" {
+            first = Some(Instant::now());
+        }
+        if line == "data: second" {
+            second = Some(Instant::now());
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let gap = second.unwrap() - first.expect("first event arrived");
+    assert!(
+        gap.as_millis() >= 1200,
+        "first event must arrive before the stream ends (gap {gap:?})"
+    );
+}
+
+#[test]
+fn websocket_handshake_is_swapped_then_frames_pass() {
+    let b = Blind::new();
+    let script = r#"
+import os, socket, ssl, base64, re
+p = os.environ["HTTPS_PROXY"]
+cred, hostport = p[len("http://"):].split("@")
+ph, pp = hostport.split(":")
+port = int(os.environ["UP"].rsplit(":", 1)[1])
+s = socket.create_connection((ph, int(pp)))
+s.sendall(("CONNECT api.kz.test:%d HTTP/1.1\r\nHost: api.kz.test:%d\r\nProxy-Authorization: Basic %s\r\n\r\n" % (port, port, base64.b64encode(cred.encode()).decode())).encode())
+assert s.recv(4096).startswith(b"HTTP/1.1 200"), "connect"
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="api.kz.test")
+t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n" % (port, os.environ["GH"])).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += t.recv(4096)
+print(head.split(b"\r\n")[0].decode())
+print("accept-ok", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head)
+payload = b"hello " + os.environ["GH"].encode()[:8]
+mask = b"\x01\x02\x03\x04"
+t.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
+data = head.split(b"\r\n\r\n", 1)[1]
+while len(data) < 2 or len(data) < 2 + data[1]:
+    data += t.recv(4096)
+print("frame", data[2:2 + data[1]].decode())
+"#;
+    let (code, out, err) = b.run_sh(&format!("\"$PY\" -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("HTTP/1.1 101"), "{out}");
+    assert!(out.contains("accept-ok True"), "{out}");
+    assert!(
+        out.contains("frame echo:hello KZ_TOK_"),
+        "frames pass unchanged: {out}"
+    );
+    assert_eq!(
+        b.up.last().header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+}

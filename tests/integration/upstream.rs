@@ -1,0 +1,328 @@
+//! A local HTTPS upstream for blind-mode tests, with its own test CA (`tests/fixtures/tls`):
+//! HTTP/1.1 and HTTP/2 (ALPN), and endpoints that record, echo (plain and gzip), stream
+//! server-sent events, speak enough git smart HTTP for `git ls-remote`, answer like the OpenAI
+//! chat API, and echo WebSocket frames.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::fixture;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub version: String,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// Everything the upstream received, as text, for "contains" checks.
+    pub fn all(&self) -> String {
+        let mut s = format!("{} {} {}\n", self.method, self.target, self.version);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        s
+    }
+}
+
+pub struct Upstream {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .last()
+            .cloned()
+            .expect("upstream received a request")
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut std::fs::read(fixture("tls/server.pem")).unwrap().as_slice())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls_pemfile::private_key(
+        &mut std::fs::read(fixture("tls/server.key")).unwrap().as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+pub fn start() -> Upstream {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config());
+    let seen2 = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| handle(req, seen.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        port,
+        seen,
+        _rt: rt,
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn pkt(line: &str) -> String {
+    format!("{:04x}{line}", line.len() + 4)
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Body>, Infallible> {
+    let ws_upgrade = hyper::upgrade::on(&mut req);
+    let version = format!("{:?}", req.version());
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let mut headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if let Some(a) = req.uri().authority() {
+        headers.push((":authority".into(), a.to_string()));
+    }
+    let ws_key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let s = Seen {
+        version,
+        method,
+        target,
+        headers,
+        body,
+    };
+    seen.lock().unwrap().push(s.clone());
+    let echo = || {
+        let mut dump = s.all();
+        dump.push('\n');
+        dump
+    };
+    let resp = match path.as_str() {
+        "/echo" => {
+            let mut r = Response::new(full(echo()));
+            if let Some(a) = s.header("authorization") {
+                r.headers_mut()
+                    .insert("x-echo-authorization", a.parse().unwrap());
+            }
+            r
+        }
+        "/echo-gzip" => {
+            let mut r = Response::new(full(gzip(echo().as_bytes())));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+        "/sse" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from("data: first\n\n"))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from("data: second\n\n"))))
+                    .await;
+            });
+            let mut r = Response::new(BodyExt::boxed(ChannelBody(rx)));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+        "/v1/chat/completions" => {
+            // Echoes the bearer credential inside the completion, like a careless upstream.
+            let auth = s.header("authorization").unwrap_or("").to_string();
+            let body = serde_json::json!({
+                "id": "chatcmpl-kz", "object": "chat.completion", "created": 0, "model": "kz-test",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": format!("you sent: {auth}")}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+            });
+            let mut r = Response::new(full(body.to_string()));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+        "/git/repo.git/info/refs" => {
+            if s.header("authorization").is_none() {
+                let mut r = Response::new(full("auth required\n"));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                r.headers_mut()
+                    .insert("www-authenticate", "Basic realm=\"git\"".parse().unwrap());
+                r
+            } else {
+                let sha = "1111111111111111111111111111111111111111";
+                let body = format!(
+                    "{}0000{}{}0000",
+                    pkt("# service=git-upload-pack\n"),
+                    pkt(&format!(
+                        "{sha} HEAD\0symref=HEAD:refs/heads/main agent=kz-test\n"
+                    )),
+                    pkt(&format!("{sha} refs/heads/main\n"))
+                );
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/x-git-upload-pack-advertisement"
+                        .parse()
+                        .unwrap(),
+                );
+                r
+            }
+        }
+        "/ws" => {
+            let Some(key) = ws_key else {
+                return Ok(Response::new(full("not a websocket request")));
+            };
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+            ctx.update(key.as_bytes());
+            ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+            use base64::Engine;
+            let accept = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+            tokio::spawn(async move {
+                let Ok(up) = ws_upgrade.await else { return };
+                let mut io = TokioIo::new(up);
+                // One small masked text frame in, "echo:" + payload out (unmasked).
+                let mut head = [0u8; 2];
+                if io.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = (head[1] & 0x7f) as usize;
+                let mut mask = [0u8; 4];
+                io.read_exact(&mut mask).await.unwrap();
+                let mut payload = vec![0u8; len];
+                io.read_exact(&mut payload).await.unwrap();
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i % 4];
+                }
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&payload);
+                let mut frame = vec![0x81, reply.len() as u8];
+                frame.extend_from_slice(&reply);
+                let _ = io.write_all(&frame).await;
+                let _ = io.flush().await;
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
+            r
+        }
+        _ => {
+            let mut r = Response::new(full("{\"ok\":true}\n"));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+    };
+    Ok(resp)
+}
+
+/// A body fed by a channel: each message is sent as soon as it arrives.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx)
+    }
+}
