@@ -36,9 +36,7 @@ impl Drop for PrefixSet {
 
 impl PatternSet {
     /// `None` when there is no non-empty pattern.
-    pub fn new(
-        pairs: Vec<(Bytes, Option<Bytes>)>,
-    ) -> Option<Arc<PatternSet>> {
+    pub fn new(pairs: Vec<(Bytes, Option<Bytes>)>) -> Option<Arc<PatternSet>> {
         let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
         if pairs.is_empty() {
             return None;
@@ -198,5 +196,35 @@ mod tests {
             set.replace_all(b"<KZ_TOK_a>").unwrap().unwrap(),
             b"<value-a>"
         );
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn token_split_in_small_pieces_is_replaced() {
+        let tok = "KZ_TOK_p7nyN4JwZej1OX3aTU";
+        let set = PatternSet::new(vec![
+            (
+                Zeroizing::new(tok.as_bytes().to_vec()),
+                Some(Zeroizing::new(b"REAL".to_vec())),
+            ),
+            (
+                Zeroizing::new(b"KZ_TOK_zzzzzzzzzzzzzzzzzzzzzz".to_vec()),
+                None,
+            ),
+        ])
+        .unwrap();
+        let mut r = set.stream();
+        let mut out = Vec::new();
+        r.push(b"start ", &mut out).unwrap();
+        for piece in tok.as_bytes().chunks(5) {
+            r.push(piece, &mut out).unwrap();
+        }
+        r.push(b" end", &mut out).unwrap();
+        r.finish(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "start REAL end");
     }
 }

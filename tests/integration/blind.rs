@@ -405,3 +405,55 @@ print("frame", data[2:2 + data[1]].decode())
         Some(format!("Bearer {REAL_GH}").as_str())
     );
 }
+
+#[test]
+fn streamed_request_bodies_are_swapped_across_chunks() {
+    let b = Blind::new();
+    // A chunked upload (HTTP/1.1) whose token straddles chunk boundaries: 5-byte chunks.
+    let script = r#"
+import os, time, requests
+tok = os.environ["GH"]
+def gen():
+    yield b"start "
+    for i in range(0, len(tok), 5):
+        yield tok[i:i + 5].encode()
+        time.sleep(0.02)
+    yield b" end"
+r = requests.post(os.environ["UP"] + "/upload", data=gen(), headers={"Content-Type": "text/plain"})
+print(r.status_code)
+"#;
+    let (code, out, err) = b.run_sh(&format!("\"$PY\" -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    let seen = b.up.last();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        format!("start {REAL_GH} end"),
+        "{err}"
+    );
+    assert!(seen.header("content-length").is_none());
+}
+
+#[test]
+fn upstream_tls_is_verified() {
+    // Without upstream_ca the test upstream's certificate is not trusted: kz refuses to send.
+    let sb = Sandbox::new();
+    let up = upstream::start();
+    sb.config(&format!(
+        "[secrets]\nGH = {{ provider = \"env\", ref = \"REAL_GH\", hosts = [\"api.kz.test\"] }}\n[network]\nhosts = {{ \"api.kz.test\" = \"127.0.0.1\" }}\nallow_private = true\n"
+    ));
+    let (code, out, err) = run(sb
+        .kz()
+        .env("REAL_GH", REAL_GH)
+        .env("UP", format!("https://api.kz.test:{}", up.port))
+        .args([
+            "run",
+            "--blind",
+            "--",
+            "sh",
+            "-c",
+            "curl -sS -w '\\n%{http_code}\\n' \"$UP/x\" -H \"Authorization: Bearer $GH\"",
+        ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("502") && out.contains("certificate"), "{out}");
+    assert!(up.requests().is_empty());
+}
