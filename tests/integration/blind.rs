@@ -438,9 +438,9 @@ fn upstream_tls_is_verified() {
     // Without upstream_ca the test upstream's certificate is not trusted: kz refuses to send.
     let sb = Sandbox::new();
     let up = upstream::start();
-    sb.config(&format!(
-        "[secrets]\nGH = {{ provider = \"env\", ref = \"REAL_GH\", hosts = [\"api.kz.test\"] }}\n[network]\nhosts = {{ \"api.kz.test\" = \"127.0.0.1\" }}\nallow_private = true\n"
-    ));
+    sb.config(
+        "[secrets]\nGH = { provider = \"env\", ref = \"REAL_GH\", hosts = [\"api.kz.test\"] }\n[network]\nhosts = { \"api.kz.test\" = \"127.0.0.1\" }\nallow_private = true\n",
+    );
     let (code, out, err) = run(sb
         .kz()
         .env("REAL_GH", REAL_GH)
