@@ -47,7 +47,12 @@ pub fn dispatch(cli: Cli) -> Outcome {
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("KZ_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .map_err(|e| Failure::new(EXIT_KZ, format!("cannot start runtime: {e}")))

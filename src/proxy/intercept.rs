@@ -47,6 +47,12 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     ) || name == PROXY_AUTHORIZATION
 }
 
+/// Whether `data` may contain a token (cheap pre-check before the pattern search).
+fn has_token_prefix(data: &[u8]) -> bool {
+    let p = crate::blind::TOKEN_PREFIX.as_bytes();
+    data.len() >= p.len() && data.windows(p.len()).any(|w| w == p)
+}
+
 /// A request head after swapping.
 struct SwappedHead {
     path_and_query: String,
@@ -88,11 +94,20 @@ fn swap_head(
         {
             continue;
         }
-        let mut bytes: Vec<u8> = value.as_bytes().to_vec();
-        if name == AUTHORIZATION {
-            if let Some(decoded) = basic_decoded(&bytes) {
-                seen.extend(swap.raw.indices(&decoded));
-            }
+        let raw = value.as_bytes();
+        let basic = if name == AUTHORIZATION {
+            basic_decoded(raw)
+        } else {
+            None
+        };
+        // Fast path: nothing token-like in this header, so it is forwarded as it is.
+        if !has_token_prefix(raw) && !basic.as_deref().is_some_and(|d| has_token_prefix(d)) {
+            headers.append(name.clone(), value.clone());
+            continue;
+        }
+        let mut bytes: Vec<u8> = raw.to_vec();
+        if let Some(decoded) = &basic {
+            seen.extend(swap.raw.indices(decoded));
             if let Some(v) = swap_basic(&bytes, &swap.raw)? {
                 bytes = v;
             }
@@ -357,6 +372,9 @@ async fn intercepted_inner(
         let seen = seen.clone();
         let req_report = req_report.clone();
         move |bytes_in: u64| {
+            if !proxy.audit.enabled() {
+                return;
+            }
             let names: Vec<Value> = seen
                 .lock()
                 .unwrap()
@@ -418,6 +436,16 @@ async fn intercepted_inner(
 
 /// Real values in response headers become tokens again; hop-by-hop headers are dropped.
 fn scrub_headers(proxy: &Proxy, headers: &mut HeaderMap) {
+    let needs_work = headers.iter().any(|(n, v)| {
+        hop_by_hop(n)
+            || proxy
+                .table
+                .scrubber()
+                .is_some_and(|s| s.is_match(v.as_bytes()))
+    });
+    if !needs_work {
+        return;
+    }
     let old = std::mem::take(headers);
     let mut last: Option<HeaderName> = None;
     for (name, value) in old {

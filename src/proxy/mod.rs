@@ -239,9 +239,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                     Ok::<_, Infallible>(intercept::intercepted(proxy, dest, misdirected, req).await)
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .await;
+            serve_intercepted(tls, svc).await;
         });
         return Response::new(empty());
     }
@@ -286,6 +284,34 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         audit.record("tunnel", m);
     });
     Response::new(empty())
+}
+
+/// Serves HTTP on an intercepted TLS connection, with the protocol ALPN chose (HTTP/1.1 when
+/// the client offered none).
+pub async fn serve_intercepted<IO, S>(tls: tokio_rustls::server::TlsStream<IO>, svc: S)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(300))
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await;
+    }
 }
 
 #[cfg(test)]
