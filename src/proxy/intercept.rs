@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 
 use super::body::{collect_limited, empty, full, StreamReport, Transform};
-use super::upstream::{Body, PrivateAddress};
+use super::upstream::{Body, BoxError, PrivateAddress};
 use super::{split_authority, text_response, Dest, Proxy};
 use crate::blind::{basic_decoded, swap_basic, HostSwap};
 
@@ -188,15 +188,17 @@ pub fn intercepted(
     proxy: Arc<Proxy>,
     dest: Dest,
     misdirected: Option<String>,
+    lane: Option<Arc<Lane>>,
     req: Request<Incoming>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
-    Box::pin(intercepted_inner(proxy, dest, misdirected, req))
+    Box::pin(intercepted_inner(proxy, dest, misdirected, lane, req))
 }
 
 async fn intercepted_inner(
     proxy: Arc<Proxy>,
     dest: Dest,
     misdirected: Option<String>,
+    lane: Option<Arc<Lane>>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -312,7 +314,17 @@ async fn intercepted_inner(
     };
     *up.headers_mut() = headers;
 
-    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, proxy.upstream.send(up)).await {
+    let sent = async {
+        match &lane {
+            Some(l) => l.send(&proxy, &dest, up).await,
+            None => proxy
+                .upstream
+                .send(up)
+                .await
+                .map_err(|e| -> BoxError { Box::new(e) }),
+        }
+    };
+    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sent).await {
         Err(_) => {
             return text_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -323,12 +335,12 @@ async fn intercepted_inner(
             if let Some(i) = *req_report.refused.lock().unwrap() {
                 return refuse_token(&proxy, &dest, i);
             }
-            if let Some(p) = find_cause::<PrivateAddress>(&e) {
+            if let Some(p) = find_cause::<PrivateAddress>(&*e) {
                 return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &p.0);
             }
             return text_response(
                 StatusCode::BAD_GATEWAY,
-                &format!("kz: upstream {}: {}\n", dest.host, error_chain(&e)),
+                &format!("kz: upstream {}: {}\n", dest.host, error_chain(&*e)),
             );
         }
         Ok(Ok(r)) => r,
@@ -637,6 +649,83 @@ fn h1_handshake(io: Box<dyn Io>) -> BoxFut<hyper::Result<H1Sender>> {
 fn h1_send(sender: &mut H1Sender, req: Request<Body>) -> BoxFut<hyper::Result<Response<Incoming>>> {
     Box::pin(sender.send_request(req))
 }
+
+/// An upstream HTTP/1.1 connection owned by one intercepted client connection and driven in the
+/// same task, so a request and its response never cross threads. Opened on first use, reopened
+/// when the upstream closes it.
+pub struct Lane {
+    sender: tokio::sync::Mutex<Option<H1Sender>>,
+    driver: tokio::sync::mpsc::UnboundedSender<BoxFut<()>>,
+}
+
+impl Lane {
+    /// A lane and the receiver of its connection futures, which the caller must poll.
+    pub fn new() -> (Arc<Lane>, tokio::sync::mpsc::UnboundedReceiver<BoxFut<()>>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Arc::new(Lane {
+                sender: tokio::sync::Mutex::new(None),
+                driver: tx,
+            }),
+            rx,
+        )
+    }
+
+    fn send<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+        dest: &'a Dest,
+        mut req: Request<Body>,
+    ) -> BoxFutRef<'a, Result<Response<Incoming>, BoxError>> {
+        Box::pin(async move {
+            // The low-level client sends the target as given: use origin form plus Host.
+            let host = req.uri().authority().map(|a| a.as_str().to_string());
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            *req.uri_mut() = pq.parse()?;
+            if let Some(h) = host {
+                req.headers_mut().insert(HOST, HeaderValue::from_str(&h)?);
+            }
+            let mut guard = self.sender.lock().await;
+            let mut req = req;
+            // One retry: an idle upstream connection may close just as a request is sent, and a
+            // request that was never written can safely go on a fresh connection.
+            for attempt in 0..2 {
+                let reusable = guard.as_ref().is_some_and(|s| !s.is_closed());
+                if !reusable || attempt > 0 {
+                    *guard = Some(self.connect(proxy, dest).await?);
+                }
+                let sender = guard.as_mut().expect("set above");
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if attempt == 0 => req = unsent,
+                        _ => return Err(Box::new(e.into_error()) as BoxError),
+                    },
+                }
+            }
+            Err("upstream connection closed".into())
+        })
+    }
+
+    async fn connect(&self, proxy: &Proxy, dest: &Dest) -> Result<H1Sender, BoxError> {
+        let tls = proxy.upstream.connect_tls_h1(&dest.host, dest.port).await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tls)).await?;
+        let _ = self.driver.send(Box::pin(async move {
+            let _ = conn.await;
+        }));
+        Ok(sender)
+    }
+}
+
+type BoxFutRef<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 fn upstream_error(proxy: &Proxy, dest: &Dest, e: std::io::Error) -> Response<Body> {
     if e.kind() == std::io::ErrorKind::PermissionDenied {

@@ -9,6 +9,7 @@ pub mod session;
 pub mod upstream;
 
 use std::convert::Infallible;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,7 +196,7 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
     }
     let dest = Dest { host, port, tls };
-    Ok(intercept::intercepted(proxy, dest, None, req).await)
+    Ok(intercept::intercepted(proxy, dest, None, None, req).await)
 }
 
 async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
@@ -233,13 +234,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                 port,
                 tls: true,
             };
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (proxy, dest, misdirected) = (proxy.clone(), dest.clone(), misdirected.clone());
-                async move {
-                    Ok::<_, Infallible>(intercept::intercepted(proxy, dest, misdirected, req).await)
-                }
-            });
-            serve_intercepted(tls, svc).await;
+            serve_intercepted(proxy, dest, misdirected, tls).await;
         });
         return Response::new(empty());
     }
@@ -286,31 +281,54 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
     Response::new(empty())
 }
 
-/// Serves HTTP on an intercepted TLS connection, with the protocol ALPN chose (HTTP/1.1 when
-/// the client offered none).
-pub async fn serve_intercepted<IO, S>(tls: tokio_rustls::server::TlsStream<IO>, svc: S)
-where
+/// Serves HTTP on an intercepted TLS connection with the protocol ALPN chose (HTTP/1.1 when the
+/// client offered none). HTTP/1.1 connections get their own upstream lane, driven in this task.
+pub async fn serve_intercepted<IO>(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    misdirected: Option<String>,
+    tls: tokio_rustls::server::TlsStream<IO>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
 {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let fut =
+                intercept::intercepted(proxy.clone(), dest.clone(), misdirected.clone(), None, req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .serve_connection(io, svc)
             .await;
-    } else {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(300))
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await;
+        return;
+    }
+    let (lane, mut conns) = intercept::Lane::new();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let fut = intercept::intercepted(
+            proxy.clone(),
+            dest.clone(),
+            misdirected.clone(),
+            Some(lane.clone()),
+            req,
+        );
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let server = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(300))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(server);
+    let mut upstream: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    loop {
+        tokio::select! {
+            _ = &mut server => break,
+            Some(c) = conns.recv() => upstream = Some(c),
+            _ = async { upstream.as_mut().expect("guarded").await }, if upstream.is_some() => upstream = None,
+        }
     }
 }
 

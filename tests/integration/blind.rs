@@ -457,3 +457,22 @@ fn upstream_tls_is_verified() {
     assert!(out.contains("502") && out.contains("certificate"), "{out}");
     assert!(up.requests().is_empty());
 }
+
+#[test]
+fn keep_alive_survives_an_upstream_that_closes_its_connection() {
+    let b = Blind::new();
+    // One client connection, three requests; the upstream closes its side after the first.
+    let (code, out, err) = b.run_sh(
+        r#"curl -sS --fail -H "Authorization: Bearer $GH" "$UP/close" "$UP/echo" "$UP/echo" -w '%{num_connects}\n'"#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("closing"), "{out}");
+    assert_eq!(out.matches("GET /echo").count(), 2, "{out}");
+    let connects: Vec<&str> = out.lines().filter(|l| l.len() == 1).collect();
+    assert_eq!(
+        connects,
+        vec!["1", "0", "0"],
+        "the client kept its one connection: {out}"
+    );
+    assert_eq!(b.up.requests().len(), 3);
+}

@@ -198,6 +198,12 @@ async fn handle(
             }
             r
         }
+        "/close" => {
+            let mut r = Response::new(full("closing\n"));
+            r.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+            r
+        }
         "/echo-gzip" => {
             let mut r = Response::new(full(gzip(echo().as_bytes())));
             r.headers_mut()
