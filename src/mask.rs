@@ -26,7 +26,7 @@ pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
         out.push(Zeroizing::new(engine.encode(value).into_bytes()));
     }
     out.push(Zeroizing::new(
-        percent_encoding::utf8_percent_encode(value, URL_ENCODE_SET)
+        percent_encoding::utf8_percent_encode(value, crate::blind::URL_ENCODE_SET)
             .to_string()
             .into_bytes(),
     ));
@@ -61,13 +61,6 @@ pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
 
 /// Values at least this long are also found inside longer base64 texts.
 pub const MIN_UNALIGNED_LEN: usize = 8;
-
-/// Everything but RFC 3986 unreserved characters, as `encodeURIComponent`-style encoders do.
-const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// The compiled patterns, shared by the stdout and stderr maskers.
 pub struct MaskSet(Arc<PatternSet>);
