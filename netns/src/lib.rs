@@ -1,8 +1,10 @@
 //! Linux-only privileged code for `kz run --isolate` and the Kubernetes sidecar: the only crate
 //! of KeyZero allowed to contain `unsafe`.
 //!
-//! This crate currently holds the error type and the capability probe; namespace creation,
-//! netlink configuration and firewall rules land with the isolation work.
+//! It holds the redirect rule generation (`rules`, pure) today; namespace creation, netlink
+//! configuration and applying the rules land with the isolation work.
+
+pub mod rules;
 
 use thiserror::Error;
 

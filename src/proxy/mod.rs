@@ -6,6 +6,7 @@ pub mod body;
 pub mod ca;
 pub mod intercept;
 pub mod session;
+pub mod sni;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -1,0 +1,205 @@
+//! Redirect rules, generated as text (pure) for the two backends a machine may have: an nftables
+//! ruleset for `nft -f -`, or `iptables-restore` input for IPv4 and IPv6. Both are applied
+//! atomically by their tool. Loopback-to-loopback traffic stays local; every other TCP
+//! connection goes to kz's transparent port; DNS (UDP and TCP 53) goes to kz's resolver; all
+//! other egress is rejected so clients fail fast (QUIC falls back to TCP). Traffic of the
+//! excluded uids (kz itself, in a pod) and to excluded destination ports is left alone.
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub proxy_port: u16,
+    pub dns_port: u16,
+    /// Their traffic is neither redirected nor rejected (kz's own uid in a pod).
+    pub exclude_uids: Vec<u32>,
+    /// Outbound TCP destination ports that are neither redirected nor rejected.
+    pub exclude_ports: Vec<u16>,
+}
+
+/// Which tool applies the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    Iptables,
+}
+
+/// The nftables table kz owns.
+pub const NFT_TABLE: &str = "keyzero";
+
+fn set<T: std::fmt::Display>(items: &[T]) -> String {
+    let inner: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+    format!("{{ {} }}", inner.join(", "))
+}
+
+/// An nftables ruleset. The leading `table`/`delete table` pair makes it idempotent: applying it
+/// twice replaces kz's table with an identical one in one transaction.
+pub fn nft_ruleset(spec: &RuleSpec) -> String {
+    let mut nat = Vec::new();
+    let mut filter = Vec::new();
+    if !spec.exclude_uids.is_empty() {
+        nat.push(format!("meta skuid {} return", set(&spec.exclude_uids)));
+        filter.push(format!("meta skuid {} accept", set(&spec.exclude_uids)));
+    }
+    nat.push("ip daddr 127.0.0.0/8 return".to_string());
+    nat.push("ip6 daddr ::1 return".to_string());
+    if !spec.exclude_ports.is_empty() {
+        nat.push(format!("tcp dport {} return", set(&spec.exclude_ports)));
+        filter.push(format!("tcp dport {} accept", set(&spec.exclude_ports)));
+    }
+    nat.push(format!("udp dport 53 redirect to :{}", spec.dns_port));
+    nat.push(format!("tcp dport 53 redirect to :{}", spec.dns_port));
+    nat.push(format!("meta l4proto tcp redirect to :{}", spec.proxy_port));
+    filter.push("ip daddr 127.0.0.0/8 accept".to_string());
+    filter.push("ip6 daddr ::1 accept".to_string());
+    filter.push("meta l4proto tcp reject with tcp reset".to_string());
+    filter.push("reject".to_string());
+    let indent = |rules: &[String]| {
+        rules
+            .iter()
+            .map(|r| format!("    {r}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n  chain output_nat {{\n    type nat hook output priority -100; policy accept;\n{}  }}\n  chain output_filter {{\n    type filter hook output priority 0; policy accept;\n{}  }}\n}}\n",
+        indent(&nat),
+        indent(&filter),
+        t = NFT_TABLE,
+    )
+}
+
+/// `iptables-restore` (or with `v6`, `ip6tables-restore`) input. A restore replaces the `nat`
+/// and `filter` tables whole, so applying it twice leaves the same state.
+pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
+    let lo = if v6 { "::1/128" } else { "127.0.0.0/8" };
+    let udp_reject = if v6 {
+        "icmp6-port-unreachable"
+    } else {
+        "icmp-port-unreachable"
+    };
+    let mut out = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    for uid in &spec.exclude_uids {
+        out.push_str(&format!("-A OUTPUT -m owner --uid-owner {uid} -j RETURN\n"));
+    }
+    out.push_str(&format!("-A OUTPUT -d {lo} -j RETURN\n"));
+    for port in &spec.exclude_ports {
+        out.push_str(&format!("-A OUTPUT -p tcp --dport {port} -j RETURN\n"));
+    }
+    out.push_str(&format!(
+        "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {}\n",
+        spec.dns_port
+    ));
+    out.push_str(&format!(
+        "-A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {}\n",
+        spec.dns_port
+    ));
+    out.push_str(&format!(
+        "-A OUTPUT -p tcp -j REDIRECT --to-ports {}\n",
+        spec.proxy_port
+    ));
+    out.push_str(
+        "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+    );
+    for uid in &spec.exclude_uids {
+        out.push_str(&format!("-A OUTPUT -m owner --uid-owner {uid} -j ACCEPT\n"));
+    }
+    out.push_str(&format!("-A OUTPUT -d {lo} -j ACCEPT\n"));
+    for port in &spec.exclude_ports {
+        out.push_str(&format!("-A OUTPUT -p tcp --dport {port} -j ACCEPT\n"));
+    }
+    out.push_str("-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset\n");
+    out.push_str(&format!(
+        "-A OUTPUT -p udp -j REJECT --reject-with {udp_reject}\n"
+    ));
+    out.push_str("-A OUTPUT -j REJECT\nCOMMIT\n");
+    out
+}
+
+/// The backend this machine has: `nft` first, else `iptables-restore`, looked up on `path`
+/// (a `PATH`-style list).
+pub fn detect(path: &str) -> Option<Backend> {
+    let has = |bin: &str| {
+        path.split(':')
+            .any(|d| std::path::Path::new(d).join(bin).is_file())
+    };
+    if has("nft") {
+        Some(Backend::Nft)
+    } else if has("iptables-restore") && has("ip6tables-restore") {
+        Some(Backend::Iptables)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} missing: run UPDATE_GOLDEN=1 cargo test -p kz-netns",
+                path.display()
+            )
+        });
+        assert_eq!(
+            actual, expected,
+            "{name} changed; if intended, run UPDATE_GOLDEN=1 cargo test -p kz-netns"
+        );
+    }
+
+    fn isolate() -> RuleSpec {
+        RuleSpec {
+            proxy_port: 15001,
+            dns_port: 15053,
+            exclude_uids: vec![],
+            exclude_ports: vec![],
+        }
+    }
+
+    fn pod() -> RuleSpec {
+        RuleSpec {
+            proxy_port: 15001,
+            dns_port: 15053,
+            exclude_uids: vec![17337, 1001],
+            exclude_ports: vec![15020],
+        }
+    }
+
+    #[test]
+    fn golden_rulesets() {
+        golden("isolate.nft", &nft_ruleset(&isolate()));
+        golden("pod.nft", &nft_ruleset(&pod()));
+        golden("isolate.iptables", &iptables_restore(&isolate(), false));
+        golden("isolate.ip6tables", &iptables_restore(&isolate(), true));
+        golden("pod.iptables", &iptables_restore(&pod(), false));
+    }
+
+    #[test]
+    fn loopback_is_exempt_before_any_redirect() {
+        let r = nft_ruleset(&isolate());
+        let lo = r.find("ip daddr 127.0.0.0/8 return").unwrap();
+        let redirect = r.find("meta l4proto tcp redirect").unwrap();
+        assert!(lo < redirect);
+        assert!(r.starts_with("table inet keyzero\ndelete table inet keyzero\n"));
+    }
+
+    #[test]
+    fn detection_prefers_nft() {
+        let dir = std::env::temp_dir().join(format!("kz-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.to_str().unwrap().to_string();
+        assert_eq!(detect(&p), None);
+        std::fs::write(dir.join("iptables-restore"), "").unwrap();
+        std::fs::write(dir.join("ip6tables-restore"), "").unwrap();
+        assert_eq!(detect(&p), Some(Backend::Iptables));
+        std::fs::write(dir.join("nft"), "").unwrap();
+        assert_eq!(detect(&p), Some(Backend::Nft));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
