@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod ca;
+pub mod dns;
 pub mod intercept;
 pub mod session;
 pub mod sni;
