@@ -1,10 +1,11 @@
 //! Linux-only privileged code for `kz run --isolate` and the Kubernetes sidecar: the only crate
 //! of KeyZero allowed to contain `unsafe`.
 //!
-//! It holds the redirect rule generation (`rules`, pure) today; namespace creation, netlink
-//! configuration and applying the rules land with the isolation work.
+//! `rules` generates the redirect rules (pure); `sandbox` is the helper side of `--isolate`.
 
 pub mod rules;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 
 use thiserror::Error;
 
@@ -14,6 +15,12 @@ pub enum NetnsError {
     /// The platform cannot provide network namespaces at all.
     #[error("network isolation needs linux network namespaces, which this platform does not have")]
     Unsupported,
+    /// A setup step failed; the message names the step.
+    #[error("isolation: {0}")]
+    Setup(String),
+    /// The command could not be started.
+    #[error("{0}: {1}")]
+    Exec(String, std::io::Error),
 }
 
 /// Whether this build can isolate a child in its own network namespace.

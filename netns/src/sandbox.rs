@@ -1,0 +1,233 @@
+//! The helper side of `--isolate`: a freshly started, single-threaded kz process that moves into
+//! new network and mount namespaces (and a user namespace when not root, mapping the invoking
+//! user to itself), configures loopback and default routes over netlink, applies the redirect
+//! rules, creates the listeners and hands them to the supervising kz over a Unix socket, hides
+//! the host's resolver and trust store behind private copies, drops every capability, sets
+//! `no_new_privs`, and finally becomes the agent with `exec`.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+use crate::rules::{iptables_restore, nft_ruleset, Backend, RuleSpec};
+use crate::NetnsError;
+
+fn err(step: &str, e: impl std::fmt::Display) -> NetnsError {
+    NetnsError::Setup(format!("{step}: {e}"))
+}
+
+/// Enters new network and mount namespaces; with `rootless`, a user namespace first, mapping
+/// `uid`/`gid` to themselves. Must run while the process is single-threaded.
+pub fn enter(rootless: bool, uid: u32, gid: u32) -> Result<(), NetnsError> {
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    if rootless {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| match e {
+        nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSPC if rootless => NetnsError::Setup(format!(
+            "cannot create a user namespace ({e}); check sysctl kernel.unprivileged_userns_clone=1, \
+             user.max_user_namespaces > 0 and, on Ubuntu, kernel.apparmor_restrict_unprivileged_userns=0"
+        )),
+        e => err("unshare(network, mount)", e),
+    })?;
+    if rootless {
+        let write = |file: &str, data: &str| {
+            std::fs::write(format!("/proc/self/{file}"), data).map_err(|e| err(&format!("writing /proc/self/{file}"), e))
+        };
+        write("setgroups", "deny")?;
+        write("uid_map", &format!("{uid} {uid} 1\n"))?;
+        write("gid_map", &format!("{gid} {gid} 1\n"))?;
+    }
+    // Mounts made from here on stay inside this namespace.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| err("making mounts private", e))?;
+    Ok(())
+}
+
+fn netlink_request(socket: &Socket, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetnsError> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(|e| err("netlink send", e))?;
+    let mut reply = vec![0u8; 8192];
+    let n = socket.recv(&mut &mut reply[..], 0).map_err(|e| err("netlink recv", e))?;
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).map_err(|e| err("netlink reply", e))?;
+    match parsed.payload {
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(err("netlink", e.to_io())),
+        _ => Ok(()),
+    }
+}
+
+/// Loopback up, and default routes for IPv4 and IPv6 through it (preferring the loopback
+/// addresses as source, so redirected connections have a loopback source), over netlink.
+pub fn setup_network() -> Result<(), NetnsError> {
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| err("netlink socket", e))?;
+    socket.bind_auto().map_err(|e| err("netlink bind", e))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| err("netlink connect", e))?;
+    let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| err("finding lo", e))?;
+    let mut link = LinkMessage::default();
+    link.header.index = lo;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    netlink_request(&socket, RouteNetlinkMessage::SetLink(link), 0)?;
+    for (family, src) in [
+        (AddressFamily::Inet, RouteAddress::Inet(Ipv4Addr::LOCALHOST)),
+        (AddressFamily::Inet6, RouteAddress::Inet6(Ipv6Addr::LOCALHOST)),
+    ] {
+        let mut route = RouteMessage::default();
+        route.header = RouteHeader {
+            address_family: family,
+            table: RouteHeader::RT_TABLE_MAIN,
+            protocol: RouteProtocol::Static,
+            scope: RouteScope::Universe,
+            kind: RouteType::Unicast,
+            ..RouteHeader::default()
+        };
+        route.attributes = vec![RouteAttribute::Oif(lo), RouteAttribute::PrefSource(src)];
+        netlink_request(&socket, RouteNetlinkMessage::NewRoute(route), NLM_F_CREATE | NLM_F_REPLACE)?;
+    }
+    Ok(())
+}
+
+/// Applies the rules with the given backend. In a user namespace the tool would lose its
+/// capabilities on `exec`, so CAP_NET_ADMIN is passed to it as an ambient capability.
+pub fn apply_rules(spec: &RuleSpec, backend: Backend) -> Result<(), NetnsError> {
+    use caps::{CapSet, Capability};
+    let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
+    let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
+    let run = |cmd: &str, input: String| -> Result<(), NetnsError> {
+        let mut child = Command::new(cmd)
+            .args(if cmd == "nft" { &["-f", "-"][..] } else { &[][..] })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(&format!("running {cmd}"), e))?;
+        child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| err(cmd, e))?;
+        let out = child.wait_with_output().map_err(|e| err(cmd, e))?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Err(err(cmd, why.lines().next().unwrap_or("failed").to_lowercase()));
+        }
+        Ok(())
+    };
+    let result = match backend {
+        Backend::Nft => run("nft", nft_ruleset(spec)),
+        Backend::Iptables => {
+            run("iptables-restore", iptables_restore(spec, false)).and_then(|_| run("ip6tables-restore", iptables_restore(spec, true)))
+        }
+    };
+    let _ = caps::clear(None, CapSet::Ambient);
+    result
+}
+
+/// The listeners created inside the namespace.
+pub struct Listeners {
+    pub tcp4: TcpListener,
+    pub tcp6: TcpListener,
+    pub dns4: UdpSocket,
+    pub dns_tcp4: TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(proxy_port: u16, dns_port: u16) -> Result<Self, NetnsError> {
+        Ok(Listeners {
+            tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, proxy_port)).map_err(|e| err("transparent listener", e))?,
+            tcp6: TcpListener::bind((Ipv6Addr::LOCALHOST, proxy_port)).map_err(|e| err("transparent listener (ipv6)", e))?,
+            dns4: UdpSocket::bind((Ipv4Addr::LOCALHOST, dns_port)).map_err(|e| err("dns listener", e))?,
+            dns_tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, dns_port)).map_err(|e| err("dns listener (tcp)", e))?,
+        })
+    }
+
+    /// Sends the four descriptors to the supervisor in one message.
+    pub fn send(&self, to: &UnixStream) -> Result<(), NetnsError> {
+        let fds = [self.tcp4.as_raw_fd(), self.tcp6.as_raw_fd(), self.dns4.as_raw_fd(), self.dns_tcp4.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"kz-listeners")];
+        sendmsg::<()>(to.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+            .map_err(|e| err("passing listeners to kz", e))?;
+        Ok(())
+    }
+}
+
+/// Receives the listeners the helper sent (supervisor side).
+pub fn receive_listeners(from: &UnixStream) -> Result<Listeners, NetnsError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 32];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(from.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| err("receiving listeners", e))?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| err("receiving listeners", e))? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            fds.extend(v);
+        }
+    }
+    if fds.len() != 4 {
+        return Err(NetnsError::Setup(format!("expected 4 listeners from the helper, got {}", fds.len())));
+    }
+    // SAFETY: the kernel just installed these descriptors in this process for us (SCM_RIGHTS);
+    // nothing else owns them, so each is wrapped exactly once.
+    unsafe {
+        Ok(Listeners {
+            tcp4: TcpListener::from_raw_fd(fds[0]),
+            tcp6: TcpListener::from_raw_fd(fds[1]),
+            dns4: UdpSocket::from_raw_fd(fds[2]),
+            dns_tcp4: TcpListener::from_raw_fd(fds[3]),
+        })
+    }
+}
+
+/// Bind-mounts `src` over `dst` (following a symlinked `dst` to its target).
+pub fn bind_over(src: &Path, dst: &Path) -> Result<(), NetnsError> {
+    let target: PathBuf = std::fs::canonicalize(dst).map_err(|e| err(&format!("resolving {}", dst.display()), e))?;
+    mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| err(&format!("bind-mounting over {}", target.display()), e))
+}
+
+/// System trust store files of common distributions.
+pub const TRUST_STORE_PATHS: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Drops every capability, sets `no_new_privs` and replaces this process with `command`.
+/// Returns only on failure.
+pub fn drop_and_exec(command: &[OsString]) -> NetnsError {
+    use caps::CapSet;
+    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        if let Err(e) = caps::clear(None, set) {
+            return err("dropping capabilities", e);
+        }
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        return err("setting no_new_privs", e);
+    }
+    let Some((program, args)) = command.split_first() else {
+        return NetnsError::Setup("no command".into());
+    };
+    let e = Command::new(program).args(args).exec();
+    NetnsError::Exec(program.to_string_lossy().into_owned(), e)
+}
