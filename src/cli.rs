@@ -37,6 +37,9 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// Manage the embedded local store (the default backend, no service needed)
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Internal: the namespace helper of `kz run --isolate`
+    #[command(name = "__isolate-helper", hide = true)]
+    IsolateHelper,
 }
 
 #[derive(Debug, Args)]

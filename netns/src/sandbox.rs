@@ -14,9 +14,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::mount::{mount, MsFlags};
@@ -46,19 +51,30 @@ pub fn enter(rootless: bool, uid: u32, gid: u32) -> Result<(), NetnsError> {
     })?;
     if rootless {
         let write = |file: &str, data: &str| {
-            std::fs::write(format!("/proc/self/{file}"), data).map_err(|e| err(&format!("writing /proc/self/{file}"), e))
+            std::fs::write(format!("/proc/self/{file}"), data)
+                .map_err(|e| err(&format!("writing /proc/self/{file}"), e))
         };
         write("setgroups", "deny")?;
         write("uid_map", &format!("{uid} {uid} 1\n"))?;
         write("gid_map", &format!("{gid} {gid} 1\n"))?;
     }
     // Mounts made from here on stay inside this namespace.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| err("making mounts private", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| err("making mounts private", e))?;
     Ok(())
 }
 
-fn netlink_request(socket: &Socket, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetnsError> {
+fn netlink_request(
+    socket: &Socket,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), NetnsError> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
@@ -67,8 +83,11 @@ fn netlink_request(socket: &Socket, msg: RouteNetlinkMessage, flags: u16) -> Res
     packet.serialize(&mut buf);
     socket.send(&buf, 0).map_err(|e| err("netlink send", e))?;
     let mut reply = vec![0u8; 8192];
-    let n = socket.recv(&mut &mut reply[..], 0).map_err(|e| err("netlink recv", e))?;
-    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).map_err(|e| err("netlink reply", e))?;
+    let n = socket
+        .recv(&mut &mut reply[..], 0)
+        .map_err(|e| err("netlink recv", e))?;
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| err("netlink reply", e))?;
     match parsed.payload {
         NetlinkPayload::Error(e) if e.code.is_some() => Err(err("netlink", e.to_io())),
         _ => Ok(()),
@@ -80,7 +99,9 @@ fn netlink_request(socket: &Socket, msg: RouteNetlinkMessage, flags: u16) -> Res
 pub fn setup_network() -> Result<(), NetnsError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| err("netlink socket", e))?;
     socket.bind_auto().map_err(|e| err("netlink bind", e))?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| err("netlink connect", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| err("netlink connect", e))?;
     let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| err("finding lo", e))?;
     let mut link = LinkMessage::default();
     link.header.index = lo;
@@ -89,7 +110,10 @@ pub fn setup_network() -> Result<(), NetnsError> {
     netlink_request(&socket, RouteNetlinkMessage::SetLink(link), 0)?;
     for (family, src) in [
         (AddressFamily::Inet, RouteAddress::Inet(Ipv4Addr::LOCALHOST)),
-        (AddressFamily::Inet6, RouteAddress::Inet6(Ipv6Addr::LOCALHOST)),
+        (
+            AddressFamily::Inet6,
+            RouteAddress::Inet6(Ipv6Addr::LOCALHOST),
+        ),
     ] {
         let mut route = RouteMessage::default();
         route.header = RouteHeader {
@@ -101,7 +125,11 @@ pub fn setup_network() -> Result<(), NetnsError> {
             ..RouteHeader::default()
         };
         route.attributes = vec![RouteAttribute::Oif(lo), RouteAttribute::PrefSource(src)];
-        netlink_request(&socket, RouteNetlinkMessage::NewRoute(route), NLM_F_CREATE | NLM_F_REPLACE)?;
+        netlink_request(
+            &socket,
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
     }
     Ok(())
 }
@@ -114,25 +142,36 @@ pub fn apply_rules(spec: &RuleSpec, backend: Backend) -> Result<(), NetnsError> 
     let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
     let run = |cmd: &str, input: String| -> Result<(), NetnsError> {
         let mut child = Command::new(cmd)
-            .args(if cmd == "nft" { &["-f", "-"][..] } else { &[][..] })
+            .args(if cmd == "nft" {
+                &["-f", "-"][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| err(&format!("running {cmd}"), e))?;
-        child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| err(cmd, e))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| err(cmd, e))?;
         let out = child.wait_with_output().map_err(|e| err(cmd, e))?;
         if !out.status.success() {
             let why = String::from_utf8_lossy(&out.stderr);
-            return Err(err(cmd, why.lines().next().unwrap_or("failed").to_lowercase()));
+            return Err(err(
+                cmd,
+                why.lines().next().unwrap_or("failed").to_lowercase(),
+            ));
         }
         Ok(())
     };
     let result = match backend {
         Backend::Nft => run("nft", nft_ruleset(spec)),
-        Backend::Iptables => {
-            run("iptables-restore", iptables_restore(spec, false)).and_then(|_| run("ip6tables-restore", iptables_restore(spec, true)))
-        }
+        Backend::Iptables => run("iptables-restore", iptables_restore(spec, false))
+            .and_then(|_| run("ip6tables-restore", iptables_restore(spec, true))),
     };
     let _ = caps::clear(None, CapSet::Ambient);
     result
@@ -149,19 +188,34 @@ pub struct Listeners {
 impl Listeners {
     pub fn bind(proxy_port: u16, dns_port: u16) -> Result<Self, NetnsError> {
         Ok(Listeners {
-            tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, proxy_port)).map_err(|e| err("transparent listener", e))?,
-            tcp6: TcpListener::bind((Ipv6Addr::LOCALHOST, proxy_port)).map_err(|e| err("transparent listener (ipv6)", e))?,
-            dns4: UdpSocket::bind((Ipv4Addr::LOCALHOST, dns_port)).map_err(|e| err("dns listener", e))?,
-            dns_tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, dns_port)).map_err(|e| err("dns listener (tcp)", e))?,
+            tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, proxy_port))
+                .map_err(|e| err("transparent listener", e))?,
+            tcp6: TcpListener::bind((Ipv6Addr::LOCALHOST, proxy_port))
+                .map_err(|e| err("transparent listener (ipv6)", e))?,
+            dns4: UdpSocket::bind((Ipv4Addr::LOCALHOST, dns_port))
+                .map_err(|e| err("dns listener", e))?,
+            dns_tcp4: TcpListener::bind((Ipv4Addr::LOCALHOST, dns_port))
+                .map_err(|e| err("dns listener (tcp)", e))?,
         })
     }
 
     /// Sends the four descriptors to the supervisor in one message.
     pub fn send(&self, to: &UnixStream) -> Result<(), NetnsError> {
-        let fds = [self.tcp4.as_raw_fd(), self.tcp6.as_raw_fd(), self.dns4.as_raw_fd(), self.dns_tcp4.as_raw_fd()];
+        let fds = [
+            self.tcp4.as_raw_fd(),
+            self.tcp6.as_raw_fd(),
+            self.dns4.as_raw_fd(),
+            self.dns_tcp4.as_raw_fd(),
+        ];
         let iov = [std::io::IoSlice::new(b"kz-listeners")];
-        sendmsg::<()>(to.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-            .map_err(|e| err("passing listeners to kz", e))?;
+        sendmsg::<()>(
+            to.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| err("passing listeners to kz", e))?;
         Ok(())
     }
 }
@@ -173,8 +227,13 @@ pub fn receive_listeners(from: &UnixStream) -> Result<Listeners, NetnsError> {
     let mut buf = [0u8; 32];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let msg = recvmsg::<()>(from.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| err("receiving listeners", e))?;
+    let msg = recvmsg::<()>(
+        from.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| err("receiving listeners", e))?;
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(|e| err("receiving listeners", e))? {
         if let ControlMessageOwned::ScmRights(v) = c {
@@ -182,7 +241,10 @@ pub fn receive_listeners(from: &UnixStream) -> Result<Listeners, NetnsError> {
         }
     }
     if fds.len() != 4 {
-        return Err(NetnsError::Setup(format!("expected 4 listeners from the helper, got {}", fds.len())));
+        return Err(NetnsError::Setup(format!(
+            "expected 4 listeners from the helper, got {}",
+            fds.len()
+        )));
     }
     // SAFETY: the kernel just installed these descriptors in this process for us (SCM_RIGHTS);
     // nothing else owns them, so each is wrapped exactly once.
@@ -198,9 +260,16 @@ pub fn receive_listeners(from: &UnixStream) -> Result<Listeners, NetnsError> {
 
 /// Bind-mounts `src` over `dst` (following a symlinked `dst` to its target).
 pub fn bind_over(src: &Path, dst: &Path) -> Result<(), NetnsError> {
-    let target: PathBuf = std::fs::canonicalize(dst).map_err(|e| err(&format!("resolving {}", dst.display()), e))?;
-    mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| err(&format!("bind-mounting over {}", target.display()), e))
+    let target: PathBuf =
+        std::fs::canonicalize(dst).map_err(|e| err(&format!("resolving {}", dst.display()), e))?;
+    mount(
+        Some(src),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| err(&format!("bind-mounting over {}", target.display()), e))
 }
 
 /// System trust store files of common distributions.
@@ -215,9 +284,14 @@ pub const TRUST_STORE_PATHS: [&str; 6] = [
 
 /// Drops every capability, sets `no_new_privs` and replaces this process with `command`.
 /// Returns only on failure.
-pub fn drop_and_exec(command: &[OsString]) -> NetnsError {
+pub fn drop_and_exec(command: &[OsString], remove_env: &[&str]) -> NetnsError {
     use caps::CapSet;
-    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
         if let Err(e) = caps::clear(None, set) {
             return err("dropping capabilities", e);
         }
@@ -228,6 +302,11 @@ pub fn drop_and_exec(command: &[OsString]) -> NetnsError {
     let Some((program, args)) = command.split_first() else {
         return NetnsError::Setup("no command".into());
     };
-    let e = Command::new(program).args(args).exec();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for k in remove_env {
+        cmd.env_remove(k);
+    }
+    let e = cmd.exec();
     NetnsError::Exec(program.to_string_lossy().into_owned(), e)
 }

@@ -1,6 +1,7 @@
 //! Subcommands. Each returns an exit code or a `Failure` carrying every error line.
 
 pub mod check;
+pub mod isolate;
 pub mod run;
 pub mod secret;
 
@@ -42,6 +43,7 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Secret(cmd) => secret::secret(cmd),
+        Command::IsolateHelper => isolate::helper(),
     }
 }
 

@@ -45,12 +45,6 @@ pub fn removed_variables(cfg: &Config) -> Vec<String> {
 pub fn run(args: RunArgs) -> Outcome {
     let env = process_env();
     let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
-    if args.isolate {
-        return Err(Failure::new(
-            EXIT_KZ,
-            "--isolate is not available in this build yet (tracked as the isolation issue); use --blind alone",
-        ));
-    }
     if args.blind {
         let unbound: Vec<String> = cfg
             .secrets
@@ -112,6 +106,11 @@ pub fn run(args: RunArgs) -> Outcome {
         let session = blind::start(&cfg, vars, audit)
             .await
             .map_err(|e| Failure::new(EXIT_KZ, e))?;
+        if args.isolate {
+            let env = session.child_env_isolated(&ProcessEnv);
+            return super::isolate::run(session, args.command, env, removed_variables(&cfg), mask)
+                .await;
+        }
         let spec = ChildSpec {
             command: args.command,
             env: session.child_env(&ProcessEnv),

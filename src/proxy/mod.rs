@@ -8,6 +8,7 @@ pub mod dns;
 pub mod intercept;
 pub mod session;
 pub mod sni;
+pub mod transparent;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -107,8 +107,23 @@ impl Session {
         )
     }
 
+    /// The private directory holding the CA files (removed by `stop`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Tokens for every secret plus the proxy and CA variables.
     pub fn child_env(&self, env: &dyn Env) -> Vec<(String, SecretValue)> {
+        self.child_env_with(env, true)
+    }
+
+    /// For `--isolate`: tokens and CA variables, no proxy variables (the namespace's loopback is
+    /// its own; every connection reaches kz transparently).
+    pub fn child_env_isolated(&self, env: &dyn Env) -> Vec<(String, SecretValue)> {
+        self.child_env_with(env, false)
+    }
+
+    fn child_env_with(&self, env: &dyn Env, with_proxy: bool) -> Vec<(String, SecretValue)> {
         let mut out: Vec<(String, SecretValue)> = self
             .proxy
             .table
@@ -125,7 +140,10 @@ impl Session {
             &ca_only.to_string_lossy(),
             user_no_proxy.as_deref(),
         ) {
-            out.push((k, SecretValue::new(v)));
+            let proxy_var = k.to_ascii_lowercase().ends_with("_proxy") || k == "NODE_USE_ENV_PROXY";
+            if with_proxy || !proxy_var {
+                out.push((k, SecretValue::new(v)));
+            }
         }
         out
     }

@@ -131,6 +131,17 @@ impl Resolver {
         Ok(public)
     }
 
+    /// Whether `host` resolves at all (overrides, literals, then the host's resolvers), regardless
+    /// of the private-address rule (which applies when connecting).
+    pub async fn exists(&self, host: &str) -> bool {
+        let bare = host.trim_end_matches('.').to_ascii_lowercase();
+        self.overrides.contains_key(&bare)
+            || bare.parse::<IpAddr>().is_ok()
+            || tokio::net::lookup_host((bare.as_str(), 0))
+                .await
+                .is_ok_and(|mut a| a.next().is_some())
+    }
+
     /// Connects to the first reachable allowed address.
     pub async fn dial(
         &self,

@@ -1,0 +1,205 @@
+//! `kz run --blind --isolate`: the supervisor side (start the helper, receive its listeners,
+//! serve them) and the helper itself (`kz __isolate-helper`, see `kz_netns::sandbox`).
+
+use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Failure, Outcome, EXIT_KZ};
+use crate::child::{self, ChildSpec};
+use crate::mask::MaskSet;
+use crate::proxy::session::Session;
+use crate::proxy::transparent::{self, NameMap, NAMESERVER};
+use crate::secret::SecretValue;
+use kz_netns::rules::{Backend, RuleSpec};
+
+/// Ports inside the namespace (its own; they cannot clash with the host).
+const PROXY_PORT: u16 = 15001;
+const DNS_PORT: u16 = 15053;
+const SPEC_VAR: &str = "KZ_ISOLATE_SPEC";
+
+/// What the supervisor tells the helper.
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    socket: PathBuf,
+    dir: PathBuf,
+    rootless: bool,
+    uid: u32,
+    gid: u32,
+    nft: bool,
+    command: Vec<String>,
+}
+
+/// The helper: enter the namespaces, set them up, hand over the listeners, become the agent.
+pub fn helper() -> Outcome {
+    use kz_netns::sandbox;
+    let raw = std::env::var(SPEC_VAR)
+        .map_err(|_| Failure::new(2, "__isolate-helper is internal to kz run --isolate"))?;
+    let spec: Spec = serde_json::from_str(&raw)
+        .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: bad helper spec: {e}")))?;
+    let setup = || -> Result<(), kz_netns::NetnsError> {
+        sandbox::enter(spec.rootless, spec.uid, spec.gid)?;
+        sandbox::setup_network()?;
+        let rules = RuleSpec {
+            proxy_port: PROXY_PORT,
+            dns_port: DNS_PORT,
+            exclude_uids: vec![],
+            exclude_ports: vec![],
+        };
+        sandbox::apply_rules(
+            &rules,
+            if spec.nft {
+                Backend::Nft
+            } else {
+                Backend::Iptables
+            },
+        )?;
+        let listeners = sandbox::Listeners::bind(PROXY_PORT, DNS_PORT)?;
+        let sock = UnixStream::connect(&spec.socket)
+            .map_err(|e| kz_netns::NetnsError::Setup(format!("connecting to kz: {e}")))?;
+        listeners.send(&sock)?;
+        drop(listeners);
+        sandbox::bind_over(&spec.dir.join("resolv.conf"), Path::new("/etc/resolv.conf"))?;
+        if Path::new("/etc/hosts").exists() {
+            sandbox::bind_over(&spec.dir.join("hosts"), Path::new("/etc/hosts"))?;
+        }
+        for p in sandbox::TRUST_STORE_PATHS {
+            if Path::new(p).exists() {
+                sandbox::bind_over(&spec.dir.join("ca-bundle.pem"), Path::new(p))?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        return Err(Failure::new(EXIT_KZ, e.to_string()));
+    }
+    let command: Vec<OsString> = spec.command.iter().map(OsString::from).collect();
+    match sandbox::drop_and_exec(&command, &[SPEC_VAR]) {
+        kz_netns::NetnsError::Exec(program, e) => {
+            let (code, why) = match e.kind() {
+                std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
+                std::io::ErrorKind::PermissionDenied => {
+                    (126, "permission denied (not executable)".to_string())
+                }
+                _ => (126, e.to_string().to_lowercase()),
+            };
+            Err(Failure::new(code, format!("{program}: {why}")))
+        }
+        other => Err(Failure::new(EXIT_KZ, other.to_string())),
+    }
+}
+
+/// Runs `command` isolated, with the blind-mode `session` behind the transparent listener.
+pub async fn run(
+    session: Session,
+    command: Vec<OsString>,
+    mut env: Vec<(String, SecretValue)>,
+    remove: Vec<String>,
+    mask: Option<Arc<MaskSet>>,
+) -> Result<u8, Failure> {
+    if !kz_netns::supported() {
+        return Err(Failure::new(
+            EXIT_KZ,
+            kz_netns::NetnsError::Unsupported.to_string(),
+        ));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let nft =
+        match kz_netns::rules::detect(&format!("{path}:/usr/sbin:/sbin")) {
+            Some(Backend::Nft) => true,
+            Some(Backend::Iptables) => false,
+            None => return Err(Failure::new(
+                EXIT_KZ,
+                "isolation: needs nft (nftables) or iptables-restore and ip6tables-restore on PATH",
+            )),
+        };
+    let dir = session.dir().to_path_buf();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: writing {name}: {e}")))
+    };
+    write(
+        "resolv.conf",
+        &format!("nameserver {NAMESERVER}\noptions ndots:0 attempts:1\n"),
+    )?;
+    write(
+        "hosts",
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    let socket = dir.join("helper.sock");
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: {e}")))?;
+    let uid = nix::unistd::getuid();
+    let spec = Spec {
+        socket,
+        dir: dir.clone(),
+        rootless: !uid.is_root(),
+        uid: uid.as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        nft,
+        command: command
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect(),
+    };
+    env.push((
+        SPEC_VAR.into(),
+        SecretValue::new(serde_json::to_string(&spec).expect("spec serialises")),
+    ));
+    let proxy = session.proxy.clone();
+    let names = Arc::new(NameMap::default());
+    let serving = tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(std_stream) = stream.into_std() else {
+            return;
+        };
+        let _ = std_stream.set_nonblocking(false);
+        let Ok(Ok(l)) =
+            tokio::task::spawn_blocking(move || kz_netns::sandbox::receive_listeners(&std_stream))
+                .await
+        else {
+            return;
+        };
+        let mut tasks = Vec::new();
+        for tcp in [l.tcp4, l.tcp6] {
+            let _ = tcp.set_nonblocking(true);
+            if let Ok(t) = tokio::net::TcpListener::from_std(tcp) {
+                tasks.push(tokio::spawn(transparent::serve(
+                    t,
+                    proxy.clone(),
+                    names.clone(),
+                )));
+            }
+        }
+        let _ = l.dns4.set_nonblocking(true);
+        if let Ok(u) = tokio::net::UdpSocket::from_std(l.dns4) {
+            tasks.push(tokio::spawn(transparent::serve_dns(
+                u,
+                proxy.clone(),
+                names.clone(),
+            )));
+        }
+        // DNS over TCP is not answered: the connection is closed, and resolvers retry over UDP.
+        drop(l.dns_tcp4);
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: cannot find kz itself: {e}")))?;
+    let spec = ChildSpec {
+        command: vec![exe.into_os_string(), "__isolate-helper".into()],
+        env,
+        remove,
+        mask,
+    };
+    let result = child::run(spec).await;
+    serving.abort();
+    session.stop().await;
+    result.map_err(|e| Failure::new(e.code, e.message))
+}

@@ -1,0 +1,231 @@
+//! The transparent front door (`--isolate`, and later the sidecar): connections redirected by
+//! the kernel arrive here with their original destination (`SO_ORIGINAL_DST`); kz reads the TLS
+//! server name or the HTTP `Host` before answering, then handles the connection exactly as the
+//! explicit proxy would: bound hosts intercepted, everything else tunnelled, `[network] allow`
+//! enforced. Also kz's DNS resolver for the namespace, which answers with synthetic addresses
+//! (198.18.0.0/15) so that even a raw TCP connect to a name can be traced back to the name.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Map;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::sni::{peek, Peeked};
+use super::{intercept, serve_intercepted, upstream, Dest, Proxy};
+
+/// The address the namespace's `resolv.conf` points at (redirected to kz's resolver).
+pub const NAMESERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
+
+/// Names handed out by kz's resolver and the synthetic addresses standing for them.
+#[derive(Default)]
+pub struct NameMap {
+    inner: Mutex<(HashMap<String, Ipv4Addr>, HashMap<Ipv4Addr, String>)>,
+}
+
+impl NameMap {
+    /// The synthetic address for `name`, allocated on first use from 198.18.1.0 upwards.
+    pub fn address_for(&self, name: &str) -> Ipv4Addr {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(a) = g.0.get(name) {
+            return *a;
+        }
+        let n = g.0.len() as u32 + 256;
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n);
+        g.0.insert(name.to_string(), addr);
+        g.1.insert(addr, name.to_string());
+        addr
+    }
+
+    pub fn name_of(&self, addr: IpAddr) -> Option<String> {
+        match addr {
+            IpAddr::V4(v4) => self.inner.lock().unwrap().1.get(&v4).cloned(),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    if let Ok(a) = getsockopt(stream, sockopt::OriginalDst) {
+        let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+        return Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(a.sin_port)));
+    }
+    if let Ok(a) = getsockopt(stream, sockopt::Ip6tOriginalDst) {
+        let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+        return Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(a.sin6_port)));
+    }
+    None
+}
+
+/// Waits until the first bytes say what the connection is (or 5 s pass).
+async fn classify(stream: &TcpStream) -> Peeked {
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Peeked::Other,
+        };
+        if n == 0 {
+            return Peeked::Other;
+        }
+        match peek(&buf[..n]) {
+            Peeked::Incomplete if n < buf.len() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Peeked::Incomplete => return Peeked::Other,
+            other => return other,
+        }
+    }
+}
+
+/// Serves redirected connections from `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, names) = (proxy.clone(), names.clone());
+        tokio::spawn(async move { handle(stream, proxy, names).await });
+    }
+}
+
+async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+    let Some(orig) = original_dst(&stream) else {
+        return;
+    };
+    let kind = classify(&stream).await;
+    let claimed = match &kind {
+        Peeked::Tls(Some(sni)) => Some(sni.clone()),
+        Peeked::Http(Some(host)) => super::split_authority(host, orig.port()).map(|(h, _)| h),
+        _ => None,
+    };
+    // The name: what the client said, else what kz's resolver handed out for this address.
+    let name = claimed
+        .or_else(|| names.name_of(orig.ip()))
+        .unwrap_or_else(|| match orig.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        });
+    let port = orig.port();
+    if !proxy.allowed(&name, port) {
+        let reason = format!("{name}:{port} is not in [network] allow");
+        let _ = proxy.refuse(hyper::StatusCode::FORBIDDEN, &name, &reason);
+        return;
+    }
+    match kind {
+        Peeked::Tls(_) if proxy.table.intercepts(&name, port) => {
+            let Ok(cfg) = proxy.ca.server_config(&name) else {
+                return;
+            };
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await else {
+                return;
+            };
+            let dest = Dest {
+                host: name,
+                port,
+                tls: true,
+            };
+            serve_intercepted(proxy, dest, None, tls).await;
+        }
+        Peeked::Http(_) => {
+            // Plain HTTP goes through the swap engine, which refuses tokens towards hosts
+            // they are not bound to.
+            let dest = Dest {
+                host: name,
+                port,
+                tls: false,
+            };
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let fut = intercept::intercepted(proxy.clone(), dest.clone(), None, None, req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        }
+        _ => tunnel(stream, proxy, name, port).await,
+    }
+}
+
+async fn tunnel(mut client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
+    let start = Instant::now();
+    let mut upstream = match proxy
+        .upstream
+        .resolver
+        .dial(&host, port, upstream::CONNECT_TIMEOUT)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = proxy.refuse(
+                hyper::StatusCode::FORBIDDEN,
+                &host,
+                &format!("cannot reach {host}:{port}: {e}"),
+            );
+            return;
+        }
+    };
+    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+        .await
+        .unwrap_or((0, 0));
+    let mut m = Map::new();
+    m.insert("host".into(), host.into());
+    m.insert("port".into(), port.into());
+    m.insert("bytes_out".into(), up.into());
+    m.insert("bytes_in".into(), down.into());
+    m.insert(
+        "latency_ms".into(),
+        (start.elapsed().as_millis() as u64).into(),
+    );
+    proxy.audit.record("tunnel", m);
+}
+
+/// Answers DNS queries from the namespace: names outside `[network] allow` are refused, names
+/// that do not resolve (through `[network] hosts` or the host's resolvers) get NXDOMAIN, others a
+/// synthetic IPv4 address and no IPv6 address.
+pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+    use super::dns::{answer, error, format_error, parse_query, ParseError, Rcode, TYPE_A};
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let reply = match parse_query(&buf[..n]) {
+            Err(ParseError::Truncated) => continue,
+            Err(ParseError::Malformed(id)) => format_error(id),
+            Ok(q) => {
+                if !proxy.allowed(&q.name, 443) && !proxy.allowed(&q.name, 80) {
+                    let mut m = Map::new();
+                    m.insert("host".into(), q.name.clone().into());
+                    m.insert(
+                        "reason".into(),
+                        "dns query for a name outside [network] allow".into(),
+                    );
+                    proxy.audit.record("refused", m);
+                    error(&q, Rcode::Refused)
+                } else if proxy.upstream.resolver.exists(&q.name).await {
+                    let addrs: Vec<IpAddr> = if q.qtype == TYPE_A {
+                        vec![IpAddr::V4(names.address_for(&q.name))]
+                    } else {
+                        Vec::new()
+                    };
+                    answer(&q, &addrs, 30)
+                } else {
+                    error(&q, Rcode::NxDomain)
+                }
+            }
+        };
+        let _ = socket.send_to(&reply, peer).await;
+    }
+}
