@@ -114,13 +114,19 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
     out
 }
 
-/// The backend this machine has: `nft` first, else `iptables-restore`, looked up on `path`
-/// (a `PATH`-style list).
+/// Where `bin` is: on `path` (a `PATH`-style list), else in the sbin directories that an
+/// ordinary user's `PATH` often lacks.
+pub fn find_tool(path: &str, bin: &str) -> Option<std::path::PathBuf> {
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+/// The backend this machine has: `nft` first, else `iptables-restore`.
 pub fn detect(path: &str) -> Option<Backend> {
-    let has = |bin: &str| {
-        path.split(':')
-            .any(|d| std::path::Path::new(d).join(bin).is_file())
-    };
+    let has = |bin: &str| find_tool(path, bin).is_some();
     if has("nft") {
         Some(Backend::Nft)
     } else if has("iptables-restore") && has("ip6tables-restore") {
@@ -194,12 +200,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kz-detect-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.to_str().unwrap().to_string();
-        assert_eq!(detect(&p), None);
-        std::fs::write(dir.join("iptables-restore"), "").unwrap();
-        std::fs::write(dir.join("ip6tables-restore"), "").unwrap();
-        assert_eq!(detect(&p), Some(Backend::Iptables));
-        std::fs::write(dir.join("nft"), "").unwrap();
-        assert_eq!(detect(&p), Some(Backend::Nft));
+        std::fs::write(dir.join("kz-test-tool"), "").unwrap();
+        assert_eq!(
+            find_tool(&p, "kz-test-tool"),
+            Some(dir.join("kz-test-tool"))
+        );
+        assert_eq!(find_tool(&p, "kz-no-such-tool"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -140,8 +140,11 @@ pub fn apply_rules(spec: &RuleSpec, backend: Backend) -> Result<(), NetnsError> 
     use caps::{CapSet, Capability};
     let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
     let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
+    let path = std::env::var("PATH").unwrap_or_default();
     let run = |cmd: &str, input: String| -> Result<(), NetnsError> {
-        let mut child = Command::new(cmd)
+        let tool = crate::rules::find_tool(&path, cmd)
+            .ok_or_else(|| err(&format!("running {cmd}"), "not found"))?;
+        let mut child = Command::new(tool)
             .args(if cmd == "nft" {
                 &["-f", "-"][..]
             } else {

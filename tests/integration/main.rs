@@ -5,6 +5,7 @@
 mod attacks;
 mod aws;
 mod blind;
+mod isolate;
 mod local;
 mod onepassword;
 mod run;
