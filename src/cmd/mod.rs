@@ -1,7 +1,34 @@
 //! Subcommands. Each returns an exit code or a `Failure` carrying every error line.
 
 pub mod check;
+#[cfg(target_os = "linux")]
 pub mod isolate;
+#[cfg(not(target_os = "linux"))]
+pub mod isolate {
+    //! `--isolate` needs Linux namespaces; elsewhere it is a clear error.
+    use super::{Failure, Outcome, EXIT_KZ};
+
+    pub fn helper() -> Outcome {
+        Err(Failure::new(
+            EXIT_KZ,
+            kz_netns::NetnsError::Unsupported.to_string(),
+        ))
+    }
+
+    pub async fn run(
+        session: crate::proxy::session::Session,
+        _command: Vec<std::ffi::OsString>,
+        _env: Vec<(String, crate::secret::SecretValue)>,
+        _remove: Vec<String>,
+        _mask: Option<std::sync::Arc<crate::mask::MaskSet>>,
+    ) -> Result<u8, Failure> {
+        session.stop().await;
+        Err(Failure::new(
+            EXIT_KZ,
+            kz_netns::NetnsError::Unsupported.to_string(),
+        ))
+    }
+}
 pub mod run;
 pub mod secret;
 

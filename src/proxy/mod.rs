@@ -8,6 +8,7 @@ pub mod dns;
 pub mod intercept;
 pub mod session;
 pub mod sni;
+#[cfg(target_os = "linux")]
 pub mod transparent;
 pub mod upstream;
 
