@@ -146,6 +146,12 @@ impl TokenTable {
             .position(|s| data.windows(s.token.len()).any(|w| w == s.token.as_bytes()))
     }
 
+    /// Swap sets in which every token is forbidden (for plain HTTP).
+    pub fn nowhere(&self) -> Arc<HostSwap> {
+        // No host pattern matches an empty name.
+        self.for_host("", 0)
+    }
+
     /// The swap sets for one destination, built once and cached.
     pub fn for_host(&self, host: &str, port: u16) -> Arc<HostSwap> {
         let key = (host.to_ascii_lowercase(), port);

@@ -130,14 +130,21 @@ fn swap_head(
 
 fn refuse_token(proxy: &Proxy, dest: &Dest, index: usize) -> Response<Body> {
     let s = &proxy.table.secrets[index];
-    let bound: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
-    let reason = format!(
-        "token of secret {} may not be sent to {}:{} (it is bound to {})",
-        s.name,
-        dest.host,
-        dest.port,
-        bound.join(", ")
-    );
+    let reason = if !dest.tls && s.bound_to(&dest.host, dest.port) {
+        format!(
+            "token of secret {} may not be sent to {}:{} over plain http (kz sends secrets only over https)",
+            s.name, dest.host, dest.port
+        )
+    } else {
+        let bound: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
+        format!(
+            "token of secret {} may not be sent to {}:{} (it is bound to {})",
+            s.name,
+            dest.host,
+            dest.port,
+            bound.join(", ")
+        )
+    };
     proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &reason)
 }
 
@@ -223,7 +230,12 @@ async fn intercepted_inner(
             return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
         }
     }
-    let swap = proxy.table.for_host(&dest.host, dest.port);
+    // Secrets never travel in clear text: over plain HTTP every token is refused.
+    let swap = if dest.tls {
+        proxy.table.for_host(&dest.host, dest.port)
+    } else {
+        proxy.table.nowhere()
+    };
     let ws = is_websocket(&req);
     let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();

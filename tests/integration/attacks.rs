@@ -212,3 +212,15 @@ fn assert_no_value_anywhere(out: &str, err: &str) {
         );
     }
 }
+
+#[test]
+fn secrets_never_go_over_plain_http_even_to_their_bound_host() {
+    let b = Blind::new();
+    let (code, out, _) = b.run_sh(r#"curl -sS -w '\n%{http_code}\n' "http://api.kz.test:${UP##*:}/x" -H "Authorization: Bearer $GH""#);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("403") && out.contains("over plain http"),
+        "{out}"
+    );
+    assert!(b.up.requests().is_empty());
+}
