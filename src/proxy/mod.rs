@@ -266,23 +266,34 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
-        let mut client = TokioIo::new(upgraded);
-        let mut upstream = upstream;
-        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .unwrap_or((0, 0));
-        let mut m = Map::new();
-        m.insert("host".into(), host.into());
-        m.insert("port".into(), port.into());
-        m.insert("bytes_out".into(), up.into());
-        m.insert("bytes_in".into(), down.into());
-        m.insert(
-            "latency_ms".into(),
-            Value::from(start.elapsed().as_millis() as u64),
-        );
-        audit.record("tunnel", m);
+        relay(TokioIo::new(upgraded), upstream, &host, port, &audit, start).await;
     });
     Response::new(empty())
+}
+
+/// Copies bytes both ways between a client and an upstream until either side closes, then
+/// writes the tunnel's audit line.
+pub async fn relay(
+    mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    mut upstream: tokio::net::TcpStream,
+    host: &str,
+    port: u16,
+    audit: &Audit,
+    start: std::time::Instant,
+) {
+    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+        .await
+        .unwrap_or((0, 0));
+    let mut m = Map::new();
+    m.insert("host".into(), host.into());
+    m.insert("port".into(), port.into());
+    m.insert("bytes_out".into(), up.into());
+    m.insert("bytes_in".into(), down.into());
+    m.insert(
+        "latency_ms".into(),
+        Value::from(start.elapsed().as_millis() as u64),
+    );
+    audit.record("tunnel", m);
 }
 
 /// Serves HTTP on an intercepted TLS connection with the protocol ALPN chose (HTTP/1.1 when the

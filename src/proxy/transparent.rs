@@ -158,9 +158,9 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
     }
 }
 
-async fn tunnel(mut client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
+async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
     let start = Instant::now();
-    let mut upstream = match proxy
+    let upstream = match proxy
         .upstream
         .resolver
         .dial(&host, port, upstream::CONNECT_TIMEOUT)
@@ -176,19 +176,7 @@ async fn tunnel(mut client: TcpStream, proxy: Arc<Proxy>, host: String, port: u1
             return;
         }
     };
-    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-        .await
-        .unwrap_or((0, 0));
-    let mut m = Map::new();
-    m.insert("host".into(), host.into());
-    m.insert("port".into(), port.into());
-    m.insert("bytes_out".into(), up.into());
-    m.insert("bytes_in".into(), down.into());
-    m.insert(
-        "latency_ms".into(),
-        (start.elapsed().as_millis() as u64).into(),
-    );
-    proxy.audit.record("tunnel", m);
+    super::relay(client, upstream, &host, port, &proxy.audit, start).await;
 }
 
 /// Answers DNS queries from the namespace: names outside `[network] allow` are refused, names
