@@ -12,6 +12,8 @@
 //! - [`env`]: environment access behind a trait so tests can pass a map.
 //! - [`http`]: the small HTTPS client the providers share.
 //! - [`time`]: timestamps for audit lines and request signing.
+//! - [`blind`], [`proxy`]: blind mode (tokens, swap/scrub engine, the proxy and its front doors).
+//! - [`policy`]: the policy server's pure core (ref canonicalisation, globs, decisions).
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod env;
 pub mod http;
 pub mod mask;
+pub mod policy;
 pub mod provider;
 pub mod proxy;
 pub mod secret;
