@@ -2,7 +2,7 @@
 //!
 //! Modules, from the outside in:
 //! - [`cli`]: clap types for every command.
-//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`).
+//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`, and `isolate` for `--isolate`).
 //! - [`config`]: `.keyzero.toml` discovery, parsing and whole-file validation.
 //! - [`provider`]: the `Provider` trait, one module per backend, concurrent resolution.
 //! - [`mask`]: the streaming masker that conceals secret values in a child's output.

@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn deny_overrides_and_errors_deny() {
         let allow = o("p0/r0", Effect::Allow, Ok(true));
-        assert!(decide(&[allow.clone()]).allowed);
+        assert!(decide(std::slice::from_ref(&allow)).allowed);
         assert!(!decide(&[]).allowed, "nothing applies: deny");
         assert!(!decide(&[allow.clone(), o("p0/r1", Effect::Deny, Ok(true))]).allowed);
         let failing = o("p1/r0", Effect::Deny, Err("no such key".into()));
