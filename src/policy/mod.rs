@@ -2,5 +2,6 @@
 //! deny-overrides combination of rule outcomes. JWT verification, CEL and the HTTP API build on
 //! these.
 
+pub mod cel;
 pub mod decide;
 pub mod glob;

@@ -1,0 +1,223 @@
+//! CEL rules: compiled once when a bundle loads, checked to reference only `identity`, `secret`
+//! and `request`, bounded in size and nesting, and evaluated to a boolean (anything else, or an
+//! evaluation error, is an error — which denies when the rule is a `deny`).
+
+use cel_interpreter::{Context, Program, Value};
+
+pub const MAX_RULE_LEN: usize = 4096;
+pub const MAX_NESTING: usize = 32;
+pub const VARIABLES: [&str; 3] = ["identity", "secret", "request"];
+
+/// A compiled rule condition.
+pub struct Condition {
+    program: Program,
+    pub source: String,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Names bound by comprehension macros (`list.exists(x, ...)` and friends); the parser reports
+/// them as variables, but they are local to the macro.
+fn macro_variables(src: &str) -> Vec<String> {
+    const MACROS: [&str; 5] = ["exists", "all", "exists_one", "map", "filter"];
+    let mut out = Vec::new();
+    for m in MACROS {
+        let pat = format!(".{m}(");
+        let mut rest = src;
+        while let Some(i) = rest.find(&pat) {
+            rest = &rest[i + pat.len()..];
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let after = rest.trim_start()[name.len()..].trim_start();
+            if !name.is_empty() && after.starts_with(',') {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+fn nesting(src: &str) -> usize {
+    let (mut depth, mut max, mut quote) = (0usize, 0usize, None::<char>);
+    let mut escaped = false;
+    for c in src.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+impl Condition {
+    pub fn compile(src: &str) -> Result<Condition, String> {
+        if src.len() > MAX_RULE_LEN {
+            return Err(format!("rule longer than {MAX_RULE_LEN} bytes"));
+        }
+        if nesting(src) > MAX_NESTING {
+            return Err(format!("rule nested deeper than {MAX_NESTING} levels"));
+        }
+        // The parser panics on some malformed input instead of returning an error: catch it,
+        // with the panic message silenced (this runs only while a bundle loads).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let compiled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Program::compile(src)));
+        std::panic::set_hook(previous);
+        let program = match compiled {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "invalid cel: {}",
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("parse error")
+                        .to_lowercase()
+                ))
+            }
+            Err(_) => return Err("invalid cel: the expression could not be parsed".into()),
+        };
+        let bound = macro_variables(src);
+        let mut unknown: Vec<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .filter(|v| !VARIABLES.contains(v) && !bound.iter().any(|b| b == v))
+            .map(String::from)
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(format!(
+                "rule references {} (only identity, secret and request are available)",
+                unknown.join(", ")
+            ));
+        }
+        Ok(Condition {
+            program,
+            source: src.to_string(),
+        })
+    }
+
+    /// Evaluates with the given variables (JSON objects).
+    pub fn eval(
+        &self,
+        identity: &serde_json::Value,
+        secret: &serde_json::Value,
+        request: &serde_json::Value,
+    ) -> Result<bool, String> {
+        let mut ctx = Context::default();
+        for (name, v) in [
+            ("identity", identity),
+            ("secret", secret),
+            ("request", request),
+        ] {
+            let value = cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))?;
+            ctx.add_variable_from_value(name, value);
+        }
+        match self.program.execute(&ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "rule evaluated to {} instead of a boolean",
+                type_name(&other)
+            )),
+            Err(e) => Err(e.to_string().to_lowercase()),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Int(_) | Value::UInt(_) | Value::Float(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Null => "null",
+        Value::List(_) => "a list",
+        Value::Map(_) => "a map",
+        _ => "a non-boolean value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compile_checks_and_evaluation() {
+        let c = Condition::compile("identity.service == 'data-pipeline-agent'").unwrap();
+        let id = json!({"service": "data-pipeline-agent"});
+        assert_eq!(c.eval(&id, &json!({}), &json!({})), Ok(true));
+        assert_eq!(
+            c.eval(&json!({"service": "x"}), &json!({}), &json!({})),
+            Ok(false)
+        );
+        assert!(
+            c.eval(&json!({}), &json!({}), &json!({})).is_err(),
+            "a missing claim is an error"
+        );
+        let e = Condition::compile("env.HOME == 'x'").unwrap_err();
+        assert!(e.contains("references env"), "{e}");
+        assert!(Condition::compile("identity.service ==").is_err());
+        assert!(
+            Condition::compile(&format!("{}true{}", "(".repeat(40), ")".repeat(40)))
+                .unwrap_err()
+                .contains("nested")
+        );
+        assert!(Condition::compile(&"a".repeat(5000))
+            .unwrap_err()
+            .contains("longer"));
+        let n = Condition::compile("identity.exp").unwrap();
+        assert!(n
+            .eval(&json!({"exp": 5}), &json!({}), &json!({}))
+            .unwrap_err()
+            .contains("boolean"));
+        let s = Condition::compile(
+            "secret.ref.startsWith('secret/data/prod/') && request.action == 'resolve'",
+        )
+        .unwrap();
+        assert_eq!(
+            s.eval(
+                &json!({}),
+                &json!({"ref": "secret/data/prod/db"}),
+                &json!({"action": "resolve"})
+            ),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn macros_with_their_own_variables() {
+        let c = Condition::compile("identity.groups.exists(g, g == 'admins')");
+        match c {
+            Ok(c) => assert_eq!(
+                c.eval(&json!({"groups": ["a", "admins"]}), &json!({}), &json!({})),
+                Ok(true)
+            ),
+            Err(e) => panic!("comprehension variables must be allowed: {e}"),
+        }
+    }
+}
