@@ -5,3 +5,4 @@
 pub mod cel;
 pub mod decide;
 pub mod glob;
+pub mod jwt;
