@@ -1,6 +1,7 @@
 //! `.keyzero.toml`: discovery, the data model, and validation that reports every problem at
 //! once with its key path. Parsing is pure (`parse_str`); `load` adds the file system.
 
+pub mod bundle;
 pub mod host;
 pub mod reader;
 mod uri;
@@ -296,7 +297,22 @@ pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigEr
         ConfigError::one(file, format!("{at}invalid toml: {msg}"))
     })?;
     let mut p = Problems::default();
-    let mut root = Reader::new("", &table);
+    let cfg = parse_table(&table, base, &mut p);
+    if p.0.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError {
+            file: file.to_string(),
+            problems: p.0,
+        })
+    }
+}
+
+/// Validates a parsed config table, adding every problem to `p` (also used for the
+/// `providers`, `network` and `secrets` sections of a policy bundle).
+pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config {
+    let mut p = p;
+    let mut root = Reader::new("", table);
     let mut cfg = Config::default();
 
     if let Some(t) = root.table("providers", &mut p) {
@@ -326,15 +342,8 @@ pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigEr
         }
         r.finish(&mut p);
     }
-    root.finish(&mut p);
-    if p.0.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigError {
-            file: file.to_string(),
-            problems: p.0,
-        })
-    }
+    root.finish(p);
+    cfg
 }
 
 fn valid_env_name(name: &str) -> bool {
