@@ -311,36 +311,35 @@ pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigEr
 /// Validates a parsed config table, adding every problem to `p` (also used for the
 /// `providers`, `network` and `secrets` sections of a policy bundle).
 pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config {
-    let mut p = p;
     let mut root = Reader::new("", table);
     let mut cfg = Config::default();
 
-    if let Some(t) = root.table("providers", &mut p) {
-        cfg.providers = parse_providers(t, base, &mut p);
+    if let Some(t) = root.table("providers", p) {
+        cfg.providers = parse_providers(t, base, p);
     }
-    if let Some(t) = root.table("secrets", &mut p) {
+    if let Some(t) = root.table("secrets", p) {
         for (name, value) in t {
-            if let Some(spec) = parse_secret(name, value, &mut p) {
+            if let Some(spec) = parse_secret(name, value, p) {
                 cfg.secrets.push(spec);
             }
         }
     }
-    if let Some(t) = root.table("network", &mut p) {
-        cfg.network = parse_network(t, base, &mut p);
+    if let Some(t) = root.table("network", p) {
+        cfg.network = parse_network(t, base, p);
     }
-    if let Some(t) = root.table("server", &mut p) {
-        cfg.server = parse_server(t, base, &mut p);
+    if let Some(t) = root.table("server", p) {
+        cfg.server = parse_server(t, base, p);
     }
-    if let Some(t) = root.table("audit", &mut p) {
+    if let Some(t) = root.table("audit", p) {
         let mut r = Reader::new("audit", t);
-        if let Some(path) = r.nonempty_string("path", &mut p) {
+        if let Some(path) = r.nonempty_string("path", p) {
             cfg.audit = Some(AuditConfig {
                 path: base.join(path),
             });
         } else if !t.contains_key("path") {
             p.push("audit.path", "missing (the file to append audit lines to)");
         }
-        r.finish(&mut p);
+        r.finish(p);
     }
     root.finish(p);
     cfg
