@@ -37,6 +37,15 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// Manage the embedded local store (the default backend, no service needed)
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The policy decision point (agents authenticate with JWTs; CEL policies decide)
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Validate and test policy bundles
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Development identities
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Internal: the namespace helper of `kz run --isolate`
     #[command(name = "__isolate-helper", hide = true)]
     IsolateHelper,
@@ -128,6 +137,71 @@ pub enum SecretCommand {
     /// Print a new random key for KZ_LOCAL_KEY
     #[command(after_help = "Example:\n  export KZ_LOCAL_KEY=$(kz secret keygen)")]
     Keygen,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Serve /v1/resolve, /v1/decide, /healthz, /readyz and /metrics
+    #[command(
+        after_help = "Examples:\n  KZ_JWT_SECRET=dev-secret kz server start --bundle bundle.yaml\n  kz server start --bundle bundle.yaml --listen 0.0.0.0:8787 --tls-cert tls.crt --tls-key tls.key\n\nThe bundle is reloaded on SIGHUP and when the file changes; a bad bundle keeps the old one."
+    )]
+    Start {
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
+        listen: String,
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Also serve MCP at /mcp (not in this build yet)
+        #[arg(long)]
+        mcp: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse a bundle and compile every CEL rule; every problem is listed
+    #[command(after_help = "Example:\n  kz policy check bundle.yaml")]
+    Check { bundle: PathBuf },
+    /// Run YAML test cases (claims + ref -> expected decision); exit 1 when one fails
+    #[command(
+        after_help = "Example:\n  kz policy test bundle.yaml cases.yaml\n\ncases.yaml:\n  cases:\n  - name: pipeline reads prod\n    claims: { service: data-pipeline-agent }\n    ref: secret/data/prod/db\n    expect: allow"
+    )]
+    Test { bundle: PathBuf, cases: PathBuf },
+    /// Explain one decision for a token and a ref
+    #[command(
+        after_help = "Example:\n  kz policy eval --bundle bundle.yaml --token \"$(cat agent.jwt)\" --ref secret/data/prod/db --provider vault"
+    )]
+    Eval {
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        #[arg(long, value_name = "JWT")]
+        token: String,
+        #[arg(long = "ref", value_name = "REF")]
+        reference: String,
+        #[arg(long, value_name = "PROVIDER")]
+        provider: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint an HS256 development token signed with $KZ_JWT_SECRET
+    #[command(
+        after_help = "Example:\n  KZ_JWT_SECRET=dev-secret kz token mint --issuer https://issuer.example --audience keyzero \\\n    --claims '{\"sub\":\"agent-1\",\"service\":\"data-pipeline-agent\"}' --ttl 1h"
+    )]
+    Mint {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: String,
+        #[arg(long, default_value = "{}")]
+        claims: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 pub fn parse() -> Cli {

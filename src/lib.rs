@@ -29,4 +29,5 @@ pub mod policy;
 pub mod provider;
 pub mod proxy;
 pub mod secret;
+pub mod server;
 pub mod time;

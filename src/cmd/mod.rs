@@ -3,6 +3,7 @@
 pub mod check;
 #[cfg(target_os = "linux")]
 pub mod isolate;
+pub mod policy;
 #[cfg(not(target_os = "linux"))]
 pub mod isolate {
     //! `--isolate` needs Linux namespaces; elsewhere it is a clear error.
@@ -71,6 +72,9 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Check(args) => check::check(args),
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),
+        Command::Server(c) => policy::server(c),
+        Command::Policy(c) => policy::policy(c),
+        Command::Token(c) => policy::token(c),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod env;
 pub mod file;
 pub mod local;
 pub mod onepassword;
+pub mod server;
 pub mod sigv4;
 pub mod vault;
 
@@ -120,12 +121,24 @@ impl ProviderSet {
     pub fn build(cfg: &Config, env: Arc<dyn Env>) -> Self {
         let mut built = HashMap::new();
         let mut timeouts = HashMap::new();
+        // Team mode: every provider kind goes through the policy server.
+        let team = cfg
+            .server
+            .as_ref()
+            .map(|s| server::ServerClient::new(s, &*env));
         for spec in &cfg.secrets {
             let kind = spec.provider;
             if built.contains_key(&kind) {
                 continue;
             }
             timeouts.insert(kind, cfg.providers.timeout(kind));
+            if let Some(team) = &team {
+                let p: Result<Arc<dyn Provider>, ProviderError> = team.clone().map(|client| {
+                    Arc::new(server::ServerProvider { kind, client }) as Arc<dyn Provider>
+                });
+                built.insert(kind, p);
+                continue;
+            }
             let p: Result<Arc<dyn Provider>, ProviderError> = match kind {
                 ProviderKind::Env => Ok(Arc::new(env::EnvProvider::new(env.clone()))),
                 ProviderKind::File => Ok(Arc::new(file::FileProvider)),

@@ -8,6 +8,7 @@ mod blind;
 mod isolate;
 mod local;
 mod onepassword;
+mod policy;
 mod run;
 mod upstream;
 mod util;

@@ -1,0 +1,245 @@
+//! `kz server start`, `kz policy check|test|eval` and `kz token mint`.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{process_env, runtime, Failure, Outcome};
+use crate::cli::{PolicyCommand, ServerCommand, TokenCommand};
+use crate::config::{bundle, ProviderKind};
+use crate::server::engine::{Engine, Subject};
+use crate::server::Server;
+
+const EXIT_FAIL: u8 = 1;
+
+fn lines(e: impl ToString) -> Vec<String> {
+    e.to_string().lines().map(String::from).collect()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+pub fn server(cmd: ServerCommand) -> Outcome {
+    let ServerCommand::Start {
+        bundle,
+        listen,
+        tls_cert,
+        tls_key,
+        mcp,
+    } = cmd;
+    if mcp {
+        return Err(Failure::new(
+            EXIT_FAIL,
+            "--mcp is not available in this build yet",
+        ));
+    }
+    let tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some(tls_config(&c, &k).map_err(|e| Failure::new(EXIT_FAIL, e))?),
+        _ => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Server::new(bundle, process_env());
+        if let Err(errors) = server.reload().await {
+            return Err(Failure::many(EXIT_FAIL, errors));
+        }
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| Failure::new(EXIT_FAIL, format!("--listen {listen}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(listen);
+        eprintln!(
+            "kz: policy server listening on {}://{addr}",
+            if tls.is_some() { "https" } else { "http" }
+        );
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        };
+        crate::server::run(listener, server, tls, shutdown).await;
+        Ok(0)
+    })
+}
+
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = crate::http::read_pem_certs(cert)?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("tls: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+pub fn policy(cmd: PolicyCommand) -> Outcome {
+    match cmd {
+        PolicyCommand::Check { bundle } => {
+            let b = bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
+            let rules: usize = b.policies.iter().map(|p| p.rules.len()).sum();
+            println!(
+                "{}: ok (revision {}, {} issuers, {} secrets, {} policies, {rules} rules)",
+                bundle.display(),
+                b.revision,
+                b.issuers.len(),
+                b.config.secrets.len(),
+                b.policies.len()
+            );
+            Ok(0)
+        }
+        PolicyCommand::Test { bundle, cases } => {
+            let b = bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
+            let text = std::fs::read_to_string(&cases)
+                .map_err(|e| Failure::new(EXIT_FAIL, format!("{}: {e}", cases.display())))?;
+            let doc: Value = serde_yaml::from_str(&text).map_err(|e| {
+                Failure::new(EXIT_FAIL, format!("{}: invalid yaml: {e}", cases.display()))
+            })?;
+            let list = doc
+                .get("cases")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if list.is_empty() {
+                return Err(Failure::new(
+                    EXIT_FAIL,
+                    format!("{}: no cases (expected a cases: list)", cases.display()),
+                ));
+            }
+            let engine = Engine {
+                providers: crate::provider::ProviderSet::build(
+                    &crate::config::Config::default(),
+                    process_env(),
+                ),
+                issuers: Vec::new(),
+                bundle: b,
+            };
+            let (mut passed, mut failed) = (0, 0);
+            for (i, c) in list.iter().enumerate() {
+                let name = c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("case {}", i + 1));
+                let claims = c
+                    .get("claims")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let r = c.get("ref").and_then(Value::as_str).unwrap_or("");
+                let provider = c
+                    .get("provider")
+                    .and_then(Value::as_str)
+                    .and_then(ProviderKind::parse);
+                let expect = c.get("expect").and_then(Value::as_str).unwrap_or("");
+                if expect != "allow" && expect != "deny" {
+                    println!("FAIL  {name}: expect must be allow or deny");
+                    failed += 1;
+                    continue;
+                }
+                let d = engine.decide(
+                    &claims,
+                    &Subject {
+                        reference: r,
+                        provider,
+                        name: None,
+                        action: "resolve",
+                    },
+                );
+                let got = if d.allowed { "allow" } else { "deny" };
+                if got == expect {
+                    println!("ok    {name}");
+                    passed += 1;
+                } else {
+                    println!(
+                        "FAIL  {name}: expected {expect}, got {got} (matched: {})",
+                        d.matched.join(", ")
+                    );
+                    failed += 1;
+                }
+            }
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed > 0 { EXIT_FAIL } else { 0 })
+        }
+        PolicyCommand::Eval {
+            bundle,
+            token,
+            reference,
+            provider,
+        } => {
+            let b = bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
+            let rt = runtime()?;
+            let engine = rt
+                .block_on(Engine::load(b, process_env()))
+                .map_err(|e| Failure::many(EXIT_FAIL, e))?;
+            let claims = crate::policy::jwt::verify(&token, &engine.issuers, now())
+                .map_err(|e| Failure::new(EXIT_FAIL, format!("token: {e}")))?;
+            let provider = provider.as_deref().and_then(ProviderKind::parse);
+            let d = engine.decide(
+                &claims,
+                &Subject {
+                    reference: &reference,
+                    provider,
+                    name: None,
+                    action: "decide",
+                },
+            );
+            let out = json!({
+                "decision": if d.allowed { "allow" } else { "deny" },
+                "bundle_revision": engine.bundle.revision,
+                "matched": d.matched,
+                "identity": claims,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            Ok(0)
+        }
+    }
+}
+
+pub fn token(cmd: TokenCommand) -> Outcome {
+    let TokenCommand::Mint {
+        issuer,
+        audience,
+        claims,
+        ttl,
+    } = cmd;
+    let secret = std::env::var("KZ_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Failure::new(EXIT_FAIL, "KZ_JWT_SECRET is not set (the HS256 key)"))?;
+    let ttl = humantime::parse_duration(&ttl).map_err(|_| {
+        Failure::new(
+            2,
+            format!("--ttl {ttl:?}: invalid duration (examples: 15m, 1h)"),
+        )
+    })?;
+    let mut c: Value = serde_json::from_str(&claims)
+        .map_err(|e| Failure::new(2, format!("--claims: invalid json: {e}")))?;
+    let Some(obj) = c.as_object_mut() else {
+        return Err(Failure::new(2, "--claims must be a json object"));
+    };
+    let now = now();
+    obj.insert("iss".into(), issuer.into());
+    obj.insert("aud".into(), audience.into());
+    obj.insert("iat".into(), now.into());
+    obj.insert("exp".into(), (now + ttl.as_secs() as i64).into());
+    println!("{}", crate::policy::jwt::sign_hs256(&c, secret.as_bytes()));
+    Ok(0)
+}

@@ -1,0 +1,482 @@
+//! The policy decision point: `kz server start --bundle bundle.yaml`. Agents authenticate with
+//! a JWT; `POST /v1/decide` explains a decision, `POST /v1/resolve` returns values the policy
+//! allows; `GET /healthz`, `/readyz` (503 until a bundle is loaded), `/metrics` (Prometheus
+//! text). One JSON decision-log line per decision on stdout. The bundle is reloaded on SIGHUP
+//! and when its file changes; a bad new bundle keeps the old one.
+
+pub mod engine;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Map, Value};
+
+use crate::config::ProviderKind;
+use crate::env::Env;
+use crate::provider::ErrorKind;
+use engine::{Engine, Subject};
+
+type Body = Full<Bytes>;
+
+/// Prometheus counters and a latency histogram.
+#[derive(Default)]
+pub struct Metrics {
+    allow: AtomicU64,
+    deny: AtomicU64,
+    unauthorized: AtomicU64,
+    backend_errors: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    buckets: [AtomicU64; 8],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+const BUCKETS_MS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, f64::INFINITY];
+
+impl Metrics {
+    fn observe(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            if ms <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::new();
+        s.push_str(
+            "# HELP kz_decisions_total Decisions by outcome.\n# TYPE kz_decisions_total counter\n",
+        );
+        s.push_str(&format!(
+            "kz_decisions_total{{decision=\"allow\"}} {}\n",
+            g(&self.allow)
+        ));
+        s.push_str(&format!(
+            "kz_decisions_total{{decision=\"deny\"}} {}\n",
+            g(&self.deny)
+        ));
+        s.push_str("# HELP kz_unauthorized_total Requests refused for a bad or missing token.\n# TYPE kz_unauthorized_total counter\n");
+        s.push_str(&format!(
+            "kz_unauthorized_total {}\n",
+            g(&self.unauthorized)
+        ));
+        s.push_str("# HELP kz_backend_errors_total Secret backend failures.\n# TYPE kz_backend_errors_total counter\n");
+        s.push_str(&format!(
+            "kz_backend_errors_total {}\n",
+            g(&self.backend_errors)
+        ));
+        s.push_str("# HELP kz_bundle_reloads_total Bundle reloads by result.\n# TYPE kz_bundle_reloads_total counter\n");
+        s.push_str(&format!(
+            "kz_bundle_reloads_total{{result=\"ok\"}} {}\n",
+            g(&self.reloads_ok)
+        ));
+        s.push_str(&format!(
+            "kz_bundle_reloads_total{{result=\"failed\"}} {}\n",
+            g(&self.reloads_failed)
+        ));
+        s.push_str(
+            "# HELP kz_decision_seconds Decision latency.\n# TYPE kz_decision_seconds histogram\n",
+        );
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            let le = if b.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                format!("{}", b / 1000.0)
+            };
+            s.push_str(&format!(
+                "kz_decision_seconds_bucket{{le=\"{le}\"}} {}\n",
+                g(&self.buckets[i])
+            ));
+        }
+        s.push_str(&format!(
+            "kz_decision_seconds_sum {}\n",
+            g(&self.sum_us) as f64 / 1e6
+        ));
+        s.push_str(&format!("kz_decision_seconds_count {}\n", g(&self.count)));
+        s
+    }
+}
+
+pub struct Server {
+    pub bundle_path: PathBuf,
+    engine: RwLock<Option<Arc<Engine>>>,
+    pub metrics: Metrics,
+    env: Arc<dyn Env>,
+    next_id: AtomicU64,
+    /// Where decision-log lines go.
+    log: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn unauthorized(reason: &str) -> Response<Body> {
+    let mut r = json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "unauthorized", "message": reason}),
+    );
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"keyzero\", error=\"invalid_token\""),
+    );
+    r
+}
+
+impl Server {
+    pub fn new(bundle_path: PathBuf, env: Arc<dyn Env>) -> Arc<Server> {
+        Arc::new(Server {
+            bundle_path,
+            engine: RwLock::new(None),
+            metrics: Metrics::default(),
+            env,
+            next_id: AtomicU64::new(1),
+            log: Box::new(|line| println!("{line}")),
+        })
+    }
+
+    /// Loads (or reloads) the bundle; on failure the current one stays and the reasons return.
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
+        let bundle = crate::config::bundle::load(&self.bundle_path)
+            .map_err(|e| e.to_string().lines().map(String::from).collect::<Vec<_>>());
+        let result = match bundle {
+            Ok(b) => Engine::load(b, self.env.clone()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(engine) => {
+                let rev = engine.bundle.revision.clone();
+                *self.engine.write().unwrap() = Some(Arc::new(engine));
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(rev)
+            }
+            Err(e) => {
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap().clone()
+    }
+
+    fn authenticate(
+        &self,
+        engine: &Engine,
+        req: &Request<Incoming>,
+    ) -> Result<Map<String, Value>, String> {
+        let h = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no bearer token")?;
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .ok_or("no bearer token")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        crate::policy::jwt::verify(token.trim(), &engine.issuers, now).map_err(|e| e.to_string())
+    }
+
+    /// Decides and writes the decision-log line.
+    fn decide_logged(
+        &self,
+        engine: &Engine,
+        claims: &Map<String, Value>,
+        s: &Subject<'_>,
+    ) -> (crate::policy::decide::Decision, String) {
+        let start = Instant::now();
+        let d = engine.decide(claims, s);
+        let elapsed = start.elapsed();
+        self.metrics.observe(elapsed);
+        let counter = if d.allowed {
+            &self.metrics.allow
+        } else {
+            &self.metrics.deny
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}-{}",
+            engine.bundle.revision,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let line = json!({
+            "time": crate::time::Utc::now().rfc3339(),
+            "event": "decision",
+            "decision_id": id,
+            "issuer": claims.get("iss"),
+            "subject": claims.get("sub"),
+            "ref": s.reference,
+            "provider": s.provider.map(|p| p.name()),
+            "name": s.name,
+            "action": s.action,
+            "decision": if d.allowed { "allow" } else { "deny" },
+            "matched": d.matched,
+            "latency_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        });
+        (self.log)(&line.to_string());
+        (d, id)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => {
+                return json_response(StatusCode::OK, json!({"status": "ok"}))
+            }
+            (&Method::GET, "/readyz") => {
+                return match self.engine() {
+                    Some(e) => json_response(
+                        StatusCode::OK,
+                        json!({"status": "ready", "bundle_revision": e.bundle.revision}),
+                    ),
+                    None => json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "loading"}),
+                    ),
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                return r;
+            }
+            (&Method::POST, "/v1/decide") | (&Method::POST, "/v1/resolve") => {}
+            _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        }
+        let Some(engine) = self.engine() else {
+            return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "loading"}));
+        };
+        let claims = match self.authenticate(&engine, &req) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return unauthorized(&reason);
+            }
+        };
+        let path = req.uri().path().to_string();
+        let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({"error": "body too large"}),
+                )
+            }
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": "body is not json"}),
+            );
+        };
+        if path == "/v1/decide" {
+            let Some(r) = v.get("ref").and_then(Value::as_str) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "bad_request", "message": "ref is required"}),
+                );
+            };
+            let provider = v
+                .get("provider")
+                .and_then(Value::as_str)
+                .and_then(ProviderKind::parse);
+            let (d, id) = self.decide_logged(
+                &engine,
+                &claims,
+                &Subject {
+                    reference: r,
+                    provider,
+                    name: None,
+                    action: "decide",
+                },
+            );
+            return json_response(
+                StatusCode::OK,
+                json!({"decision": if d.allowed {"allow"} else {"deny"}, "decision_id": id, "bundle_revision": engine.bundle.revision, "matched": d.matched}),
+            );
+        }
+        let Some(items) = v.get("secrets").and_then(Value::as_array) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": "secrets is required"}),
+            );
+        };
+        let mut results = Vec::new();
+        for item in items {
+            results.push(self.resolve_one(&engine, &claims, item).await);
+        }
+        json_response(StatusCode::OK, json!({"results": results}))
+    }
+
+    async fn resolve_one(
+        &self,
+        engine: &Engine,
+        claims: &Map<String, Value>,
+        item: &Value,
+    ) -> Value {
+        let err = |r: &str, code: &str, msg: &str| json!({"ref": r, "error": {"code": code, "message": msg}});
+        let (kind, reference, key, version, name) =
+            if let Some(n) = item.get("name").and_then(Value::as_str) {
+                match engine.bundle.config.secrets.iter().find(|s| s.name == n) {
+                    // An unknown name is denied, never "not found": existence is not disclosed.
+                    None => return err(n, "denied", "denied by policy"),
+                    Some(s) => (
+                        s.provider,
+                        s.reference.clone(),
+                        s.key.clone(),
+                        s.version.clone(),
+                        Some(n),
+                    ),
+                }
+            } else {
+                let r = item.get("ref").and_then(Value::as_str).unwrap_or("");
+                let Some(kind) = item
+                    .get("provider")
+                    .and_then(Value::as_str)
+                    .and_then(ProviderKind::parse)
+                else {
+                    return err(r, "denied", "unknown provider");
+                };
+                let s = |k: &str| item.get(k).and_then(Value::as_str).map(String::from);
+                (kind, r.to_string(), s("key"), s("version"), None)
+            };
+        let shown = item
+            .get("name")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| reference.clone());
+        let (d, _) = self.decide_logged(
+            engine,
+            claims,
+            &Subject {
+                reference: &reference,
+                provider: Some(kind),
+                name,
+                action: "resolve",
+            },
+        );
+        if !d.allowed {
+            return err(&shown, "denied", "denied by policy");
+        }
+        let spec = crate::config::SecretSpec {
+            name: name.unwrap_or("REF").to_string(),
+            provider: kind,
+            reference: reference.clone(),
+            key: key.clone(),
+            version: version.clone(),
+            optional: false,
+            hosts: Vec::new(),
+        };
+        let audit = crate::audit::Audit::disabled();
+        let resolved =
+            crate::provider::resolve_all(std::slice::from_ref(&spec), &engine.providers, &audit)
+                .await;
+        match resolved.into_iter().next().map(|r| r.outcome) {
+            Some(Ok(Some(v))) => json!({"ref": shown, "value": v.expose()}),
+            Some(Err(e)) if e.kind == ErrorKind::NotFound => err(&shown, "not_found", &e.message),
+            Some(Err(e)) => {
+                self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+                err(&shown, "backend", &e.message)
+            }
+            _ => err(&shown, "not_found", "not found"),
+        }
+    }
+}
+
+/// Serves the API on `listener` (TLS when `tls` is given) until `shutdown` resolves, reloading
+/// on SIGHUP and when the bundle file changes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let watcher = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last = modified(&server.bundle_path);
+            loop {
+                let by_signal = tokio::select! {
+                    _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                };
+                let now = modified(&server.bundle_path);
+                if by_signal || now != last {
+                    last = now;
+                    match server.reload().await {
+                        Ok(rev) => eprintln!("kz: bundle reloaded (revision {rev})"),
+                        Err(errors) => {
+                            eprintln!("kz: bundle reload failed; keeping the previous bundle:");
+                            for e in errors {
+                                eprintln!("kz: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let server = server.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req).await) }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(cfg) => {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    watcher.abort();
+}

@@ -1,0 +1,550 @@
+//! The policy server end to end: the seed's bundle verbatim, JWT attacks (each 401), path
+//! attacks, hot reload, metrics, and `kz run` in team mode, allowed and denied.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{fixture, kz_bin, python, run, start_script, Sandbox, Service};
+
+const JWT_SECRET: &str = "dev-shared-secret-for-tests";
+const ISS: &str = "https://issuer.example";
+
+/// The seed's bundle verbatim, plus a staging policy, an RS256 issuer (PEM) and an ES256 issuer
+/// (JWKS served locally).
+fn bundle(dir: &Path, vault_url: &str, jwks_url: &str) -> String {
+    format!(
+        r#"
+identity:
+  issuers:
+  - issuer: "https://issuer.example"
+    audiences: ["keyzero"]
+    algorithms: ["HS256"]          # pinned; never taken from the token header
+    secret_env: "KZ_JWT_SECRET"    # HS*: shared key from this env var
+  - issuer: "https://rs.example"
+    audiences: ["keyzero"]
+    algorithms: ["RS256"]
+    public_key_file: "{rsa}"
+  - issuer: "https://kubernetes.default.svc"
+    audiences: ["keyzero"]
+    algorithms: ["RS256", "ES256"]
+    jwks_url: "{jwks_url}"
+providers:
+  vault: {{ address: "{vault_url}", auth: {{ method: "token" }} }}
+network:
+  allow_private: false
+secrets:
+  github: {{ provider: vault, ref: "secret/data/prod/github/token", hosts: ["api.github.com"] }}
+policies:                          # the seed's form, verbatim
+- match: "secret/data/prod/**"
+  rules:
+  - cel: "identity.service == 'data-pipeline-agent'"
+    effect: allow
+  - cel: "identity.service == 'support-agent'"
+    effect: deny
+- match: "secret/data/staging/**"
+  rules:
+  - cel: "identity.env == 'staging'"
+    effect: allow
+"#,
+        rsa = dir.join("rsa_pub.pem").display()
+    )
+}
+
+struct Pdp {
+    sb: Sandbox,
+    child: Child,
+    url: String,
+    _vault: Service,
+    _jwks: Child,
+}
+
+impl Drop for Pdp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self._jwks.kill();
+        let _ = self._jwks.wait();
+    }
+}
+
+fn start() -> Pdp {
+    let sb = Sandbox::new();
+    let keys = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .arg("keys")
+        .arg(sb.path())
+        .status()
+        .unwrap();
+    assert!(keys.success());
+    let vcfg = sb.write(
+        "vault.json",
+        &json!({"tokens": {"pdp-token": ["*"]}, "mounts": {"secret/": {"version": 2, "data": {
+            "prod/github": [{"token": "ghp_from_vault_1234"}],
+            "staging/db": [{"password": "staging-pw-5678"}]
+        }}}})
+        .to_string(),
+    );
+    let vault = start_script("vault_server.py", &[&vcfg]);
+    let jwks_port = crate::util::free_port();
+    let jwks = Command::new(python())
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &jwks_port.to_string(),
+        ])
+        .current_dir(sb.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::util::wait_for_port(jwks_port, "jwks server");
+    sb.write(
+        "bundle.yaml",
+        &bundle(
+            sb.path(),
+            &vault.url(),
+            &format!("http://127.0.0.1:{jwks_port}/jwks.json"),
+        ),
+    );
+    let port = crate::util::free_port();
+    let mut child = sb
+        .kz()
+        .env("KZ_JWT_SECRET", JWT_SECRET)
+        .env("VAULT_TOKEN", "pdp-token")
+        .args([
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "server did not start: {line}");
+    std::thread::spawn(move || for _ in err.lines() {});
+    Pdp {
+        sb,
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _vault: vault,
+        _jwks: jwks,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn hs(claims: Value) -> String {
+    kz::policy::jwt::sign_hs256(&claims, JWT_SECRET.as_bytes())
+}
+
+fn identity(service: &str) -> String {
+    hs(
+        json!({"iss": ISS, "aud": "keyzero", "sub": service, "service": service, "exp": now() + 600}),
+    )
+}
+
+/// POST with curl; returns (status, body).
+fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "-D",
+        "-",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+    ])
+    .arg(body.to_string())
+    .arg(url);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("authorization: Bearer {t}"));
+    }
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        head.to_string(),
+    )
+}
+
+fn decide(pdp: &Pdp, token: &str, r: &str) -> String {
+    let (status, v, _) = post(
+        &format!("{}/v1/decide", pdp.url),
+        Some(token),
+        json!({"ref": r, "provider": "vault"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    v["decision"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_seed_bundle_decides_as_written() {
+    let pdp = start();
+    assert_eq!(
+        decide(
+            &pdp,
+            &identity("data-pipeline-agent"),
+            "secret/data/prod/github/token"
+        ),
+        "allow"
+    );
+    assert_eq!(
+        decide(
+            &pdp,
+            &identity("support-agent"),
+            "secret/data/prod/github/token"
+        ),
+        "deny"
+    );
+    assert_eq!(
+        decide(
+            &pdp,
+            &identity("someone-else"),
+            "secret/data/prod/github/token"
+        ),
+        "deny"
+    );
+    let staging =
+        hs(json!({"iss": ISS, "aud": "keyzero", "sub": "s", "env": "staging", "exp": now() + 600}));
+    let prod =
+        hs(json!({"iss": ISS, "aud": "keyzero", "sub": "s", "env": "prod", "exp": now() + 600}));
+    assert_eq!(decide(&pdp, &staging, "secret/data/staging/db"), "allow");
+    assert_eq!(decide(&pdp, &prod, "secret/data/staging/db"), "deny");
+    let (_, v, _) = post(
+        &format!("{}/v1/decide", pdp.url),
+        Some(&identity("data-pipeline-agent")),
+        json!({"ref": "secret/data/prod/x"}),
+    );
+    assert!(v["decision_id"].as_str().unwrap().len() > 4);
+    assert_eq!(v["bundle_revision"].as_str().unwrap().len(), 12);
+    assert_eq!(v["matched"], json!(["secret/data/prod/**#0"]));
+}
+
+#[test]
+fn resolve_returns_values_only_after_an_allow() {
+    let pdp = start();
+    let url = format!("{}/v1/resolve", pdp.url);
+    let body = json!({"secrets": [{"name": "github"}, {"provider": "vault", "ref": "secret/data/prod/missing"}, {"name": "nope"}]});
+    let (status, v, _) = post(&url, Some(&identity("data-pipeline-agent")), body.clone());
+    assert_eq!(status, 200);
+    assert_eq!(v["results"][0]["value"], "ghp_from_vault_1234");
+    assert_eq!(v["results"][1]["error"]["code"], "not_found");
+    assert_eq!(
+        v["results"][2]["error"]["code"], "denied",
+        "unknown names are not disclosed"
+    );
+    let (_, v, _) = post(&url, Some(&identity("support-agent")), body);
+    assert_eq!(v["results"][0]["error"]["code"], "denied");
+    assert_eq!(
+        v["results"][1]["error"]["code"], "denied",
+        "not_found is never said before an allow"
+    );
+    assert!(!v.to_string().contains("ghp_"));
+}
+
+#[test]
+fn jwt_attacks_are_401() {
+    let pdp = start();
+    let url = format!("{}/v1/decide", pdp.url);
+    let body = json!({"ref": "secret/data/prod/github/token"});
+    let c = |extra: Value| {
+        let mut base = json!({"iss": ISS, "aud": "keyzero", "sub": "a", "service": "data-pipeline-agent", "exp": now() + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    };
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let rsa_pub = std::fs::read(pdp.sb.path().join("rsa_pub.pem")).unwrap();
+    let sign = |key: &str, alg: &str, kid: &str, claims: Value| {
+        let out = Command::new(python())
+            .arg(fixture("jwt_tool.py"))
+            .args([
+                "sign",
+                pdp.sb.path().join(key).to_str().unwrap(),
+                alg,
+                kid,
+                &claims.to_string(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // Sanity: the asymmetric issuers accept their own keys.
+    let rs_ok = sign(
+        "rsa_key.pem",
+        "RS256",
+        "-",
+        c(json!({"iss": "https://rs.example"})),
+    );
+    assert_eq!(
+        post(&url, Some(&rs_ok), body.clone()).0,
+        200,
+        "RS256 via public_key_file"
+    );
+    let es_ok = sign(
+        "ec_key.pem",
+        "ES256",
+        "k1",
+        c(json!({"iss": "https://kubernetes.default.svc"})),
+    );
+    assert_eq!(
+        post(&url, Some(&es_ok), body.clone()).0,
+        200,
+        "ES256 via JWKS"
+    );
+    let attacks: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        (
+            "alg none",
+            Some(format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none"})),
+                b64(&c(json!({})))
+            )),
+        ),
+        (
+            "hs256 with an rs issuer's public key",
+            Some(kz::policy::jwt::sign_hs256(
+                &c(json!({"iss": "https://rs.example"})),
+                &rsa_pub,
+            )),
+        ),
+        (
+            "wrong key",
+            Some(kz::policy::jwt::sign_hs256(&c(json!({})), b"not-the-key")),
+        ),
+        ("expired", Some(hs(c(json!({"exp": now() - 3600}))))),
+        (
+            "string exp",
+            Some(hs(c(json!({"exp": (now() + 600).to_string()})))),
+        ),
+        ("wrong aud", Some(hs(c(json!({"aud": "someone-else"}))))),
+        (
+            "wrong iss",
+            Some(hs(c(json!({"iss": "https://evil.example"})))),
+        ),
+        (
+            "unknown kid",
+            Some(sign(
+                "ec_key.pem",
+                "ES256",
+                "k9",
+                c(json!({"iss": "https://kubernetes.default.svc"})),
+            )),
+        ),
+        (
+            "algorithm not pinned",
+            Some(sign("rsa_key.pem", "RS256", "-", c(json!({})))),
+        ),
+    ];
+    for (name, token) in attacks {
+        let (status, _, head) = post(&url, token.as_deref(), body.clone());
+        assert_eq!(status, 401, "{name}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{name}: {head}"
+        );
+    }
+}
+
+#[test]
+fn path_attacks_are_denied() {
+    let pdp = start();
+    let t = identity("data-pipeline-agent");
+    for r in [
+        "secret/data/prod/../staging/db",
+        "secret/data/staging/../prod/x",
+        "secret%2Fdata%2Fprod/x",
+        "secret/data/prod%2Fx",
+        "secret//data/prod/x",
+        "secret/data/prod/x/",
+        "Secret/Data/Prod/x",
+        "/secret/data/prod/x",
+    ] {
+        assert_eq!(decide(&pdp, &t, r), "deny", "{r}");
+    }
+}
+
+#[test]
+fn reload_keeps_the_old_bundle_when_the_new_one_is_bad() {
+    let pdp = start();
+    let t = identity("data-pipeline-agent");
+    assert_eq!(decide(&pdp, &t, "secret/data/prod/x"), "allow");
+    let path = pdp.sb.path().join("bundle.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("effect: deny", "effect: dney")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        decide(&pdp, &t, "secret/data/prod/x"),
+        "allow",
+        "old bundle kept"
+    );
+    std::fs::write(
+        &path,
+        good.replace(
+            "identity.service == 'data-pipeline-agent'",
+            "identity.service == 'nobody'",
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while decide(&pdp, &t, "secret/data/prod/x") == "allow" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "fixed bundle never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("{}/metrics", pdp.url)])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        m.contains("kz_bundle_reloads_total{result=\"failed\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("kz_decisions_total{decision=\"allow\"}"), "{m}");
+    assert!(m.contains("kz_decision_seconds_bucket"), "{m}");
+}
+
+#[test]
+fn health_and_readiness() {
+    let pdp = start();
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("{}{path}", pdp.url)])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(want),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn kz_run_in_team_mode_allowed_and_denied() {
+    let pdp = start();
+    let sb = Sandbox::new();
+    sb.config(&format!(
+        "[secrets]\nGITHUB_TOKEN = {{ provider = \"vault\", ref = \"secret/data/prod/github/token\" }}\n[server]\nurl = \"{}\"\ntoken_env = \"AGENT_JWT\"\n",
+        pdp.url
+    ));
+    let (code, out, err) = run(sb
+        .kz()
+        .env("AGENT_JWT", identity("data-pipeline-agent"))
+        .args(["run", "--no-mask", "--", "sh", "-c", "echo $GITHUB_TOKEN"]));
+    assert_eq!((code, out.trim()), (0, "ghp_from_vault_1234"), "{err}");
+    let (code, _, err) = run(sb
+        .kz()
+        .env("AGENT_JWT", identity("support-agent"))
+        .args(["run", "--", "true"]));
+    assert_eq!(code, 125);
+    assert!(
+        err.contains(
+            "kz: GITHUB_TOKEN: vault: secret/data/prod/github/token: policy server: denied"
+        ),
+        "{err}"
+    );
+    let _ = kz_bin();
+}
+
+#[test]
+fn policy_tooling() {
+    let sb = Sandbox::new();
+    sb.write("rsa_pub.pem", "");
+    let b = bundle(
+        sb.path(),
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/jwks.json",
+    );
+    sb.write("bundle.yaml", &b);
+    let (code, out, err) = run(sb.kz().args(["policy", "check", "bundle.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (revision"), "{out}");
+    sb.write(
+        "bad.yaml",
+        &b.replace("effect: deny", "effect: dney")
+            .replace("identity.env", "env"),
+    );
+    let (code, _, err) = run(sb.kz().args(["policy", "check", "bad.yaml"]));
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    sb.write(
+        "cases.yaml",
+        "cases:\n- name: pipeline reads prod\n  claims: { service: data-pipeline-agent }\n  ref: secret/data/prod/db\n  expect: allow\n- name: support denied\n  claims: { service: support-agent }\n  ref: secret/data/prod/db\n  expect: deny\n",
+    );
+    let (code, out, _) = run(sb
+        .kz()
+        .args(["policy", "test", "bundle.yaml", "cases.yaml"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    sb.write("wrong.yaml", "cases:\n- name: wrong expectation\n  claims: { service: support-agent }\n  ref: secret/data/prod/db\n  expect: allow\n");
+    let (code, out, _) = run(sb
+        .kz()
+        .args(["policy", "test", "bundle.yaml", "wrong.yaml"]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL  wrong expectation: expected allow, got deny"),
+        "{out}"
+    );
+    let (code, token, err) = run(sb.kz().env("KZ_JWT_SECRET", JWT_SECRET).args([
+        "token",
+        "mint",
+        "--issuer",
+        ISS,
+        "--audience",
+        "keyzero",
+        "--claims",
+        "{\"service\":\"data-pipeline-agent\"}",
+        "--ttl",
+        "10m",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let claims = kz::policy::jwt::verify(
+        token.trim(),
+        &[kz::policy::jwt::IssuerKeys {
+            issuer: ISS.into(),
+            audiences: vec!["keyzero".into()],
+            algorithms: vec![kz::policy::jwt::Alg::HS256],
+            keys: vec![(
+                None,
+                kz::policy::jwt::Key::Hmac(zeroize::Zeroizing::new(JWT_SECRET.as_bytes().to_vec())),
+            )],
+        }],
+        now(),
+    )
+    .unwrap();
+    assert_eq!(claims["service"], "data-pipeline-agent");
+    assert!(claims["exp"].as_i64().unwrap() <= now() + 600);
+}
