@@ -123,14 +123,7 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                     format!("{}: no cases (expected a cases: list)", cases.display()),
                 ));
             }
-            let engine = Engine {
-                providers: crate::provider::ProviderSet::build(
-                    &crate::config::Config::default(),
-                    process_env(),
-                ),
-                issuers: Vec::new(),
-                bundle: b,
-            };
+            let engine = Engine::offline(b, process_env());
             let (mut passed, mut failed) = (0, 0);
             for (i, c) in list.iter().enumerate() {
                 let name = c
@@ -189,7 +182,8 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
             let engine = rt
                 .block_on(Engine::load(b, process_env()))
                 .map_err(|e| Failure::many(EXIT_FAIL, e))?;
-            let claims = crate::policy::jwt::verify(&token, &engine.issuers, now())
+            let claims = rt
+                .block_on(engine.verify(&token, now()))
                 .map_err(|e| Failure::new(EXIT_FAIL, format!("token: {e}")))?;
             let provider = provider.as_deref().and_then(ProviderKind::parse);
             let d = engine.decide(

@@ -23,6 +23,8 @@ pub struct Issuer {
     pub secret_env: Option<String>,
     pub public_key_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    /// Least time between two JWKS fetches triggered by unknown key ids.
+    pub jwks_min_refresh: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,7 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
             "secret_env",
             "public_key_file",
             "jwks_url",
+            "jwks_min_refresh",
         ],
         p,
     );
@@ -156,6 +159,16 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
     let secret_env = s("secret_env");
     let public_key_file = s("public_key_file").map(|f| base.join(f));
     let jwks_url = s("jwks_url");
+    let jwks_min_refresh = match s("jwks_min_refresh") {
+        None => std::time::Duration::from_secs(30),
+        Some(d) => humantime::parse_duration(&d).unwrap_or_else(|_| {
+            p.push(
+                &format!("{path}.jwks_min_refresh"),
+                format!("invalid duration {d:?}"),
+            );
+            std::time::Duration::from_secs(30)
+        }),
+    };
     let hmac = algorithms.iter().any(|a| a.is_hmac());
     let asym = algorithms.iter().any(|a| !a.is_hmac());
     if hmac && asym {
@@ -183,6 +196,7 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
         secret_env,
         public_key_file,
         jwks_url,
+        jwks_min_refresh,
     })
 }
 

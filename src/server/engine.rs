@@ -17,7 +17,13 @@ use crate::provider::ProviderSet;
 
 pub struct Engine {
     pub bundle: Bundle,
-    pub issuers: Vec<IssuerKeys>,
+    /// Replaced when a JWKS is fetched again for an unknown key id.
+    issuers: std::sync::RwLock<Vec<IssuerKeys>>,
+    /// Per issuer: its static keys, and when its JWKS was last fetched.
+    refresh: Vec<(
+        Vec<(Option<String>, Key)>,
+        std::sync::Mutex<std::time::Instant>,
+    )>,
     pub providers: ProviderSet,
 }
 
@@ -34,6 +40,7 @@ impl Engine {
     pub async fn load(bundle: Bundle, env: Arc<dyn Env>) -> Result<Engine, Vec<String>> {
         let mut problems = Vec::new();
         let mut issuers = Vec::new();
+        let mut refresh = Vec::new();
         let client = crate::http::HttpClient::new(&[]).map_err(|e| vec![e])?;
         for i in &bundle.issuers {
             let mut keys: Vec<(Option<String>, Key)> = Vec::new();
@@ -55,6 +62,10 @@ impl Engine {
                     Err(e) => problems.push(format!("issuer {}: {}: {e}", i.issuer, f.display())),
                 }
             }
+            refresh.push((
+                keys.clone(),
+                std::sync::Mutex::new(std::time::Instant::now()),
+            ));
             if let Some(url) = &i.jwks_url {
                 match fetch_jwks(&client, url).await {
                     Ok(k) => keys.extend(k),
@@ -74,9 +85,63 @@ impl Engine {
         let providers = ProviderSet::build(&bundle.config, env);
         Ok(Engine {
             bundle,
-            issuers,
+            issuers: std::sync::RwLock::new(issuers),
+            refresh,
             providers,
         })
+    }
+
+    /// An engine for offline evaluation (`kz policy test`): no keys, no providers.
+    pub fn offline(bundle: Bundle, env: Arc<dyn Env>) -> Engine {
+        let providers = ProviderSet::build(&crate::config::Config::default(), env);
+        Engine {
+            bundle,
+            issuers: std::sync::RwLock::new(Vec::new()),
+            refresh: Vec::new(),
+            providers,
+        }
+    }
+
+    /// Verifies a token. A key id the issuer's JWKS does not (yet) have triggers one refetch,
+    /// at most once per `jwks_min_refresh`, then one more try.
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, jwt::JwtError> {
+        let first = jwt::verify(token, &self.issuers.read().unwrap(), now);
+        if first != Err(jwt::JwtError::UnknownKid) {
+            return first;
+        }
+        let iss = unverified_issuer(token);
+        let Some(idx) = self
+            .bundle
+            .issuers
+            .iter()
+            .position(|i| Some(&i.issuer) == iss.as_ref())
+        else {
+            return first;
+        };
+        let cfg = &self.bundle.issuers[idx];
+        let Some(url) = &cfg.jwks_url else {
+            return first;
+        };
+        {
+            let mut last = self.refresh[idx].1.lock().unwrap();
+            if last.elapsed() < cfg.jwks_min_refresh {
+                return first;
+            }
+            *last = std::time::Instant::now();
+        }
+        let Ok(client) = crate::http::HttpClient::new(&[]) else {
+            return first;
+        };
+        let Ok(fresh) = fetch_jwks(&client, url).await else {
+            return first;
+        };
+        {
+            let mut issuers = self.issuers.write().unwrap();
+            let mut keys = self.refresh[idx].0.clone();
+            keys.extend(fresh);
+            issuers[idx].keys = keys;
+        }
+        jwt::verify(token, &self.issuers.read().unwrap(), now)
     }
 
     pub fn decide(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Decision {
@@ -109,6 +174,16 @@ impl Engine {
         }
         decide(&outcomes)
     }
+}
+
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(String::from)
 }
 
 async fn fetch_jwks(

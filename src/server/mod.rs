@@ -181,7 +181,7 @@ impl Server {
         self.engine.read().unwrap().clone()
     }
 
-    fn authenticate(
+    async fn authenticate(
         &self,
         engine: &Engine,
         req: &Request<Incoming>,
@@ -194,12 +194,14 @@ impl Server {
         let token = h
             .strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
-            .ok_or("no bearer token")?;
+            .ok_or("no bearer token")?
+            .trim()
+            .to_string();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        crate::policy::jwt::verify(token.trim(), &engine.issuers, now).map_err(|e| e.to_string())
+        engine.verify(&token, now).await.map_err(|e| e.to_string())
     }
 
     /// Decides and writes the decision-log line.
@@ -273,7 +275,7 @@ impl Server {
         let Some(engine) = self.engine() else {
             return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "loading"}));
         };
-        let claims = match self.authenticate(&engine, &req) {
+        let claims = match self.authenticate(&engine, &req).await {
             Ok(c) => c,
             Err(reason) => {
                 self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);

@@ -32,6 +32,7 @@ identity:
     audiences: ["keyzero"]
     algorithms: ["RS256", "ES256"]
     jwks_url: "{jwks_url}"
+    jwks_min_refresh: "1s"
 providers:
   vault: {{ address: "{vault_url}", auth: {{ method: "token" }} }}
 network:
@@ -58,6 +59,8 @@ struct Pdp {
     sb: Sandbox,
     child: Child,
     url: String,
+    /// Decision-log lines the server printed.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _vault: Service,
     _jwks: Child,
 }
@@ -134,10 +137,19 @@ fn start() -> Pdp {
     err.read_line(&mut line).unwrap();
     assert!(line.contains("listening"), "server did not start: {line}");
     std::thread::spawn(move || for _ in err.lines() {});
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
     Pdp {
         sb,
         child,
         url: format!("http://127.0.0.1:{port}"),
+        log,
         _vault: vault,
         _jwks: jwks,
     }
@@ -244,6 +256,30 @@ fn the_seed_bundle_decides_as_written() {
     assert!(v["decision_id"].as_str().unwrap().len() > 4);
     assert_eq!(v["bundle_revision"].as_str().unwrap().len(), 12);
     assert_eq!(v["matched"], json!(["secret/data/prod/**#0"]));
+    // One decision-log line per decision: id, time, issuer, subject, ref, decision, matched.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = pdp.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 6, "{log:?}");
+    let line: Value =
+        serde_json::from_str(log.iter().find(|l| l.contains("support-agent")).unwrap()).unwrap();
+    for k in [
+        "decision_id",
+        "time",
+        "issuer",
+        "subject",
+        "ref",
+        "decision",
+        "matched",
+        "latency_ms",
+    ] {
+        assert!(line.get(k).is_some(), "{k} missing in {line}");
+    }
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["matched"], json!(["secret/data/prod/**#1"]));
+    assert!(
+        log.iter().all(|l| !l.contains("eyJ")),
+        "no token in the decision log"
+    );
 }
 
 #[test]
@@ -374,6 +410,48 @@ fn jwt_attacks_are_401() {
             "{name}: {head}"
         );
     }
+}
+
+#[test]
+fn rotated_jwks_keys_are_fetched_on_an_unknown_kid() {
+    let pdp = start();
+    let url = format!("{}/v1/decide", pdp.url);
+    let rotated = pdp.sb.path().join("rotated");
+    std::fs::create_dir_all(&rotated).unwrap();
+    let ok = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .arg("keys")
+        .arg(&rotated)
+        .arg("k2")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let claims = json!({"iss": "https://kubernetes.default.svc", "aud": "keyzero", "sub": "pod", "service": "data-pipeline-agent", "exp": now() + 600});
+    let out = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .args([
+            "sign",
+            rotated.join("ec_key.pem").to_str().unwrap(),
+            "ES256",
+            "k2",
+            &claims.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let body = json!({"ref": "secret/data/prod/x"});
+    assert_eq!(
+        post(&url, Some(&token), body.clone()).0,
+        401,
+        "k2 is not published yet"
+    );
+    // The issuer rotates: its JWKS now has k2. After the minimum refresh interval, an unknown
+    // kid makes kz fetch the JWKS again.
+    std::fs::copy(rotated.join("jwks.json"), pdp.sb.path().join("jwks.json")).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, v, _) = post(&url, Some(&token), body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision"], "allow");
 }
 
 #[test]
