@@ -15,15 +15,18 @@ use crate::policy::glob::canonicalize;
 use crate::policy::jwt::{self, IssuerKeys, Key};
 use crate::provider::ProviderSet;
 
+/// An issuer's static keys and when its JWKS was last fetched.
+type Refresh = (
+    Vec<(Option<String>, Key)>,
+    std::sync::Mutex<std::time::Instant>,
+);
+
 pub struct Engine {
     pub bundle: Bundle,
     /// Replaced when a JWKS is fetched again for an unknown key id.
     issuers: std::sync::RwLock<Vec<IssuerKeys>>,
     /// Per issuer: its static keys, and when its JWKS was last fetched.
-    refresh: Vec<(
-        Vec<(Option<String>, Key)>,
-        std::sync::Mutex<std::time::Instant>,
-    )>,
+    refresh: Vec<Refresh>,
     pub providers: ProviderSet,
 }
 
