@@ -47,6 +47,32 @@ pub struct Bundle {
     /// Providers, network and named secrets, validated as in `.keyzero.toml`.
     pub config: Config,
     pub policies: Vec<Policy>,
+    /// Policies by the literal prefix of their `match`, so a decision only looks at policies
+    /// that can apply (cost grows with the prefix lengths in use, not the number of policies).
+    index: std::collections::HashMap<Vec<String>, Vec<usize>>,
+    prefix_lengths: Vec<usize>,
+}
+
+impl Bundle {
+    /// The policies whose `match` covers these canonical segments, in bundle order.
+    pub fn applicable(&self, segments: &[&str]) -> Vec<&Policy> {
+        let mut idx: Vec<usize> = Vec::new();
+        for &len in &self.prefix_lengths {
+            if len > segments.len() {
+                continue;
+            }
+            let key: Vec<String> = segments[..len].iter().map(|s| s.to_string()).collect();
+            if let Some(list) = self.index.get(&key) {
+                idx.extend(
+                    list.iter()
+                        .copied()
+                        .filter(|&i| self.policies[i].glob.matches(segments)),
+                );
+            }
+        }
+        idx.sort_unstable();
+        idx.into_iter().map(|i| &self.policies[i]).collect()
+    }
 }
 
 fn to_toml(v: &Value) -> Option<toml::Value> {
@@ -323,11 +349,21 @@ pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Bundle, ConfigEr
         });
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut index: std::collections::HashMap<Vec<String>, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, p) in policies.iter().enumerate() {
+        index.entry(p.glob.literal_prefix()).or_default().push(i);
+    }
+    let mut prefix_lengths: Vec<usize> = index.keys().map(Vec::len).collect();
+    prefix_lengths.sort_unstable();
+    prefix_lengths.dedup();
     Ok(Bundle {
         revision: crate::provider::sigv4::hex(&digest.as_ref()[..6]),
         issuers,
         config,
         policies,
+        index,
+        prefix_lengths,
     })
 }
 
@@ -401,6 +437,57 @@ policies:
             "policies[0].match: pattern \"secret//prod\" has an empty segment",
         ] {
             assert!(e.contains(want), "missing {want:?} in\n{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use crate::policy::glob::canonicalize;
+
+    /// The prefix index finds exactly the policies a full scan would, in the same order.
+    #[test]
+    fn index_agrees_with_a_full_scan() {
+        let globs = [
+            "**",
+            "secret/**",
+            "secret/*/prod/**",
+            "secret/data/prod/**",
+            "secret/data/prod/db",
+            "kv/*",
+            "*/data/**",
+            "secret/data/**/token",
+        ];
+        let mut text = String::from("identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: X\npolicies:\n");
+        for g in globs {
+            text.push_str(&format!(
+                "- match: \"{g}\"\n  rules:\n  - cel: \"true\"\n    effect: allow\n"
+            ));
+        }
+        let b = parse_str(&text, "b.yaml", Path::new("/")).unwrap();
+        for r in [
+            "secret/data/prod/db",
+            "secret/data/staging/token",
+            "kv/x",
+            "kv/x/y",
+            "other",
+            "secret",
+            "a/data/b",
+        ] {
+            let segs = canonicalize(r).unwrap();
+            let scan: Vec<&str> = b
+                .policies
+                .iter()
+                .filter(|p| p.glob.matches(&segs))
+                .map(|p| p.glob.source.as_str())
+                .collect();
+            let indexed: Vec<&str> = b
+                .applicable(&segs)
+                .iter()
+                .map(|p| p.glob.source.as_str())
+                .collect();
+            assert_eq!(scan, indexed, "{r}");
         }
     }
 }

@@ -130,16 +130,12 @@ impl Condition {
         secret: &serde_json::Value,
         request: &serde_json::Value,
     ) -> Result<bool, String> {
-        let mut ctx = Context::default();
-        for (name, v) in [
-            ("identity", identity),
-            ("secret", secret),
-            ("request", request),
-        ] {
-            let value = cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))?;
-            ctx.add_variable_from_value(name, value);
-        }
-        match self.program.execute(&ctx) {
+        self.eval_in(&variables(identity, secret, request)?)
+    }
+
+    /// Evaluates in a context built once with `variables` (one per decision, shared by rules).
+    pub fn eval_in(&self, ctx: &Context<'_>) -> Result<bool, String> {
+        match self.program.execute(ctx) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "rule evaluated to {} instead of a boolean",
@@ -148,6 +144,24 @@ impl Condition {
             Err(e) => Err(e.to_string().to_lowercase()),
         }
     }
+}
+
+/// The evaluation context: `identity`, `secret` and `request`.
+pub fn variables(
+    identity: &serde_json::Value,
+    secret: &serde_json::Value,
+    request: &serde_json::Value,
+) -> Result<Context<'static>, String> {
+    let mut ctx = Context::default();
+    for (name, v) in [
+        ("identity", identity),
+        ("secret", secret),
+        ("request", request),
+    ] {
+        let value = cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))?;
+        ctx.add_variable_from_value(name, value);
+    }
+    Ok(ctx)
 }
 
 fn type_name(v: &Value) -> &'static str {

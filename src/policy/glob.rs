@@ -88,6 +88,18 @@ impl Glob {
         })
     }
 
+    /// The literal segments before the first wildcard (every ref this glob matches starts with
+    /// them), for indexing.
+    pub fn literal_prefix(&self) -> Vec<String> {
+        self.segments
+            .iter()
+            .map_while(|s| match s {
+                GlobSegment::Literal(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether the canonical `segments` of a ref match (case-sensitively).
     pub fn matches(&self, segments: &[&str]) -> bool {
         fn go(p: &[GlobSegment], s: &[&str]) -> bool {

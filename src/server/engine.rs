@@ -162,16 +162,17 @@ impl Engine {
             "name": s.name.unwrap_or(""),
         });
         let request = json!({"action": s.action, "time": crate::time::Utc::now().rfc3339()});
+        let ctx = crate::policy::cel::variables(&identity, &secret, &request);
         let mut outcomes = Vec::new();
-        for p in &self.bundle.policies {
-            if !p.glob.matches(&segments) {
-                continue;
-            }
+        for p in self.bundle.applicable(&segments) {
             for (i, r) in p.rules.iter().enumerate() {
                 outcomes.push(Outcome {
                     rule: format!("{}#{i}", p.glob.source),
                     effect: r.effect,
-                    result: r.condition.eval(&identity, &secret, &request),
+                    result: match &ctx {
+                        Ok(ctx) => r.condition.eval_in(ctx),
+                        Err(e) => Err(e.clone()),
+                    },
                 });
             }
         }
