@@ -626,3 +626,94 @@ fn policy_tooling() {
     assert_eq!(claims["service"], "data-pipeline-agent");
     assert!(claims["exp"].as_i64().unwrap() <= now() + 600);
 }
+
+#[test]
+fn tls_and_team_mode_over_https() {
+    let pdp = start();
+    // A second server on the same bundle, with TLS.
+    let port = crate::util::free_port();
+    let mut tls = pdp
+        .sb
+        .kz()
+        .env("KZ_JWT_SECRET", JWT_SECRET)
+        .env("VAULT_TOKEN", "pdp-token")
+        .args([
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--tls-cert")
+        .arg(fixture("tls/server.pem"))
+        .arg("--tls-key")
+        .arg(fixture("tls/server.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(tls.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("https://"), "{line}");
+    let sb = Sandbox::new();
+    sb.config(&format!(
+        "[secrets]\nGH = {{ provider = \"vault\", ref = \"secret/data/prod/github/token\" }}\n[server]\nurl = \"https://localhost:{port}\"\n"
+    ));
+    let (code, out, err) = run(sb
+        .kz()
+        .env("KZ_IDENTITY_TOKEN", identity("data-pipeline-agent"))
+        .env("KZ_SERVER_CA", fixture("tls/ca.pem"))
+        .args([
+            "run",
+            "--no-mask",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GH [$KZ_IDENTITY_TOKEN]\"",
+        ]));
+    let _ = tls.kill();
+    let _ = tls.wait();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "ghp_from_vault_1234 []",
+        "value delivered, identity token not inherited"
+    );
+}
+
+#[test]
+fn policy_eval_explains_one_decision() {
+    let pdp = start();
+    let (code, out, err) = run(pdp.sb.kz().env("KZ_JWT_SECRET", JWT_SECRET).args([
+        "policy",
+        "eval",
+        "--bundle",
+        "bundle.yaml",
+        "--token",
+        &identity("support-agent"),
+        "--ref",
+        "secret/data/prod/github/token",
+        "--provider",
+        "vault",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["matched"], json!(["secret/data/prod/**#1"]));
+    assert_eq!(v["identity"]["service"], "support-agent");
+    let (code, _, err) = run(pdp.sb.kz().env("KZ_JWT_SECRET", "wrong").args([
+        "policy",
+        "eval",
+        "--bundle",
+        "bundle.yaml",
+        "--token",
+        &identity("support-agent"),
+        "--ref",
+        "secret/data/prod/x",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("token: bad signature"), "{err}");
+}
