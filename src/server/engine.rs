@@ -206,3 +206,73 @@ async fn fetch_jwks(
     }
     Ok(jwt::keys_from_jwks(&resp.json()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GLOBS: [&str; 5] = [
+        "secret/data/prod/**",
+        "secret/*/prod/db",
+        "secret/**",
+        "kv/**",
+        "secret/data/prod/db",
+    ];
+    const CONDS: [&str; 5] = [
+        "identity.service == 'pipeline'",
+        "identity.service == 'support'",
+        "identity.env == 'prod'",
+        "identity.missing == 1",
+        "secret.ref.endsWith('db')",
+    ];
+    const EFFECTS: [&str; 3] = ["allow", "deny", "reveal"];
+
+    fn yaml(policies: &[(usize, Vec<(usize, usize)>)]) -> String {
+        let mut s = String::from("identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: X\npolicies:\n");
+        for (g, rules) in policies {
+            s.push_str(&format!("- match: \"{}\"\n  rules:\n", GLOBS[*g]));
+            for (c, e) in rules {
+                s.push_str(&format!(
+                    "  - cel: \"{}\"\n    effect: {}\n",
+                    CONDS[*c], EFFECTS[*e]
+                ));
+            }
+        }
+        s
+    }
+
+    fn engine(text: &str) -> Engine {
+        let b =
+            crate::config::bundle::parse_str(text, "b.yaml", std::path::Path::new("/")).unwrap();
+        Engine::offline(b, Arc::new(crate::env::MapEnv::default()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Reordering policies, and rules inside them, never changes any decision.
+        #[test]
+        fn bundle_order_never_matters(
+            policies in proptest::collection::vec((0..GLOBS.len(), proptest::collection::vec((0..CONDS.len(), 0..EFFECTS.len()), 1..4)), 1..6),
+            seed in any::<u64>(),
+        ) {
+            let mut shuffled = policies.clone();
+            let mut s = seed;
+            let mut next = |n: usize| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (s >> 33) as usize % n };
+            for i in (1..shuffled.len()).rev() { let j = next(i + 1); shuffled.swap(i, j); }
+            for (_, rules) in shuffled.iter_mut() {
+                for i in (1..rules.len()).rev() { let j = next(i + 1); rules.swap(i, j); }
+            }
+            let a = engine(&yaml(&policies));
+            let b = engine(&yaml(&shuffled));
+            for id in [json!({"service": "pipeline", "env": "prod"}), json!({"service": "support"}), json!({})] {
+                let claims = id.as_object().unwrap().clone();
+                for r in ["secret/data/prod/db", "secret/x/prod/db", "kv/a/b", "secret/data/staging/token", "other"] {
+                    let s = Subject { reference: r, provider: None, name: None, action: "resolve" };
+                    let (da, db) = (a.decide(&claims, &s), b.decide(&claims, &s));
+                    prop_assert_eq!((da.allowed, da.reveal), (db.allowed, db.reveal), "{} for {}", r, id);
+                }
+            }
+        }
+    }
+}
