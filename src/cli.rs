@@ -46,6 +46,12 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// Development identities
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Install the pod's redirect rules (Kubernetes init container; needs NET_ADMIN)
+    #[command(
+        name = "init-network",
+        after_help = "Examples:\n  kz init-network --dry-run\n  kz init-network --kz-uid 17337 --exclude-uid 1337 --exclude-port 15020\n\nAll outbound TCP of every uid except kz's goes to kz's transparent port, DNS to kz's resolver,\nevery other egress is rejected (IPv4 and IPv6). Running it twice changes nothing."
+    )]
+    InitNetwork(InitNetworkArgs),
     /// Internal: the namespace helper of `kz run --isolate`
     #[command(name = "__isolate-helper", hide = true)]
     IsolateHelper,
@@ -137,6 +143,31 @@ pub enum SecretCommand {
     /// Print a new random key for KZ_LOCAL_KEY
     #[command(after_help = "Example:\n  export KZ_LOCAL_KEY=$(kz secret keygen)")]
     Keygen,
+}
+
+#[derive(Debug, Args)]
+pub struct InitNetworkArgs {
+    /// kz's transparent listener port
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// kz's DNS port
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
+    /// The uid kz runs as; its own traffic is never redirected
+    #[arg(long, default_value_t = 17337)]
+    pub kz_uid: u32,
+    /// More uids whose traffic is left alone (repeatable)
+    #[arg(long = "exclude-uid", value_name = "UID")]
+    pub exclude_uids: Vec<u32>,
+    /// Outbound TCP destination ports left alone (repeatable)
+    #[arg(long = "exclude-port", value_name = "PORT")]
+    pub exclude_ports: Vec<u16>,
+    /// nft, iptables, or auto (nft when present)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nft", "iptables"])]
+    pub backend: String,
+    /// Print exactly what would be applied, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

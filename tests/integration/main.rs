@@ -8,6 +8,7 @@ mod blind;
 mod isolate;
 mod local;
 mod onepassword;
+mod pod;
 mod policy;
 mod run;
 mod upstream;
