@@ -43,28 +43,31 @@ pub fn server(cmd: ServerCommand) -> Outcome {
     };
     let rt = runtime()?;
     rt.block_on(async move {
+        // Fail fast on a bundle that does not parse; its keys (JWKS) load after the listener is
+        // up, so /readyz answers 503 until they have.
+        bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
         let server = Server::new(bundle, process_env());
-        if let Err(errors) = server.reload().await {
-            return Err(Failure::many(EXIT_FAIL, errors));
-        }
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| Failure::new(EXIT_FAIL, format!("--listen {listen}: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or(listen);
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("signal handler");
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {}, _ = stopped => {} }
+        };
+        let serving = tokio::spawn(crate::server::run(listener, server.clone(), tls.clone(), shutdown));
+        if let Err(errors) = server.reload().await {
+            let _ = stop.send(());
+            let _ = serving.await;
+            return Err(Failure::many(EXIT_FAIL, errors));
+        }
         eprintln!(
             "kz: policy server listening on {}://{addr}",
             if tls.is_some() { "https" } else { "http" }
         );
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
-            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        };
-        crate::server::run(listener, server, tls, shutdown).await;
+        let _ = serving.await;
         Ok(0)
     })
 }
@@ -186,19 +189,33 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                 .block_on(engine.verify(&token, now()))
                 .map_err(|e| Failure::new(EXIT_FAIL, format!("token: {e}")))?;
             let provider = provider.as_deref().and_then(ProviderKind::parse);
-            let d = engine.decide(
-                &claims,
-                &Subject {
-                    reference: &reference,
-                    provider,
-                    name: None,
-                    action: "decide",
-                },
-            );
+            let subject = Subject {
+                reference: &reference,
+                provider,
+                name: None,
+                action: "decide",
+            };
+            let d = engine.decide(&claims, &subject);
+            let rules: Vec<Value> = match engine.outcomes(&claims, &subject) {
+                None => vec![
+                    json!({"reason": "the ref is not canonical (.., empty or encoded segments): denied"}),
+                ],
+                Some(o) => o
+                    .iter()
+                    .map(|o| {
+                        let result = match &o.result {
+                            Ok(b) => json!(b),
+                            Err(e) => json!({ "error": e }),
+                        };
+                        json!({"rule": o.rule, "effect": o.effect.name(), "result": result})
+                    })
+                    .collect(),
+            };
             let out = json!({
                 "decision": if d.allowed { "allow" } else { "deny" },
                 "bundle_revision": engine.bundle.revision,
                 "matched": d.matched,
+                "rules": rules,
                 "identity": claims,
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("json"));

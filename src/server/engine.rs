@@ -148,13 +148,19 @@ impl Engine {
     }
 
     pub fn decide(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Decision {
-        let Ok(segments) = canonicalize(s.reference) else {
-            return Decision {
+        match self.outcomes(claims, s) {
+            Some(outcomes) => decide(&outcomes),
+            None => Decision {
                 allowed: false,
                 reveal: false,
                 matched: Vec::new(),
-            };
-        };
+            },
+        }
+    }
+
+    /// Every applicable rule's evaluation (`None`: the ref is not canonical, which denies).
+    pub fn outcomes(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Option<Vec<Outcome>> {
+        let segments = canonicalize(s.reference).ok()?;
         let identity = Value::Object(claims.clone());
         let secret = json!({
             "ref": s.reference,
@@ -176,7 +182,7 @@ impl Engine {
                 });
             }
         }
-        decide(&outcomes)
+        Some(outcomes)
     }
 }
 

@@ -704,6 +704,13 @@ fn policy_eval_explains_one_decision() {
     assert_eq!(v["decision"], "deny");
     assert_eq!(v["matched"], json!(["secret/data/prod/**#1"]));
     assert_eq!(v["identity"]["service"], "support-agent");
+    assert_eq!(
+        v["rules"],
+        json!([
+            {"rule": "secret/data/prod/**#0", "effect": "allow", "result": false},
+            {"rule": "secret/data/prod/**#1", "effect": "deny", "result": true}
+        ])
+    );
     let (code, _, err) = run(pdp.sb.kz().env("KZ_JWT_SECRET", "wrong").args([
         "policy",
         "eval",
@@ -716,4 +723,79 @@ fn policy_eval_explains_one_decision() {
     ]));
     assert_eq!(code, 1);
     assert!(err.contains("token: bad signature"), "{err}");
+}
+
+#[test]
+fn readiness_waits_for_keys_and_a_bad_start_exits() {
+    let sb = Sandbox::new();
+    // A JWKS endpoint that answers after 2 s (the Vault stand-in's delay; its stats document
+    // parses as a JWKS without keys).
+    let slow = sb.write(
+        "slow.json",
+        &json!({"delay_ms": 2000, "mounts": {}}).to_string(),
+    );
+    let jwks = start_script("vault_server.py", &[&slow]);
+    sb.write(
+        "bundle.yaml",
+        &format!(
+            "identity:\n  issuers:\n  - issuer: k\n    audiences: [keyzero]\n    algorithms: [ES256]\n    jwks_url: \"{}/__stats\"\npolicies: []\n",
+            jwks.url()
+        ),
+    );
+    let port = crate::util::free_port();
+    let mut child = sb
+        .kz()
+        .args([
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::util::wait_for_port(port, "policy server");
+    let readyz = || {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{port}/readyz"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(readyz(), "503", "not ready while the JWKS loads");
+    let start = Instant::now();
+    while readyz() != "200" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // An HS issuer whose key variable is unset: the server says why and exits 1.
+    sb.write("hs.yaml", "identity:\n  issuers:\n  - issuer: h\n    audiences: [keyzero]\n    algorithms: [HS256]\n    secret_env: KZ_TEST_UNSET_SECRET\n");
+    let (code, _, err) = run(sb.kz().args([
+        "server",
+        "start",
+        "--bundle",
+        "hs.yaml",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("issuer h: KZ_TEST_UNSET_SECRET is not set"),
+        "{err}"
+    );
 }
