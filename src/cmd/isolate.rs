@@ -184,8 +184,14 @@ pub async fn run(
                 names.clone(),
             )));
         }
-        // DNS over TCP is not answered: the connection is closed, and resolvers retry over UDP.
-        drop(l.dns_tcp4);
+        let _ = l.dns_tcp4.set_nonblocking(true);
+        if let Ok(t) = tokio::net::TcpListener::from_std(l.dns_tcp4) {
+            tasks.push(tokio::spawn(transparent::serve_dns_tcp(
+                t,
+                proxy.clone(),
+                names.clone(),
+            )));
+        }
         for t in tasks {
             let _ = t.await;
         }

@@ -181,39 +181,79 @@ async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
 
 /// Answers DNS queries from the namespace: names outside `[network] allow` are refused, names
 /// that do not resolve (through `[network] hosts` or the host's resolvers) get NXDOMAIN, others a
-/// synthetic IPv4 address and no IPv6 address.
-pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+/// synthetic IPv4 address and no IPv6 address. `None`: too short to answer.
+async fn dns_reply(query: &[u8], proxy: &Proxy, names: &NameMap) -> Option<Vec<u8>> {
     use super::dns::{answer, error, format_error, parse_query, ParseError, Rcode, TYPE_A};
+    Some(match parse_query(query) {
+        Err(ParseError::Truncated) => return None,
+        Err(ParseError::Malformed(id)) => format_error(id),
+        Ok(q) => {
+            if !proxy.allowed(&q.name, 443) && !proxy.allowed(&q.name, 80) {
+                let mut m = Map::new();
+                m.insert("host".into(), q.name.clone().into());
+                m.insert(
+                    "reason".into(),
+                    "dns query for a name outside [network] allow".into(),
+                );
+                proxy.audit.record("refused", m);
+                error(&q, Rcode::Refused)
+            } else if proxy.upstream.resolver.exists(&q.name).await {
+                let addrs: Vec<IpAddr> = if q.qtype == TYPE_A {
+                    vec![IpAddr::V4(names.address_for(&q.name))]
+                } else {
+                    Vec::new()
+                };
+                answer(&q, &addrs, 30)
+            } else {
+                error(&q, Rcode::NxDomain)
+            }
+        }
+    })
+}
+
+/// DNS over UDP.
+pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>) {
     let mut buf = vec![0u8; 1500];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        let reply = match parse_query(&buf[..n]) {
-            Err(ParseError::Truncated) => continue,
-            Err(ParseError::Malformed(id)) => format_error(id),
-            Ok(q) => {
-                if !proxy.allowed(&q.name, 443) && !proxy.allowed(&q.name, 80) {
-                    let mut m = Map::new();
-                    m.insert("host".into(), q.name.clone().into());
-                    m.insert(
-                        "reason".into(),
-                        "dns query for a name outside [network] allow".into(),
-                    );
-                    proxy.audit.record("refused", m);
-                    error(&q, Rcode::Refused)
-                } else if proxy.upstream.resolver.exists(&q.name).await {
-                    let addrs: Vec<IpAddr> = if q.qtype == TYPE_A {
-                        vec![IpAddr::V4(names.address_for(&q.name))]
-                    } else {
-                        Vec::new()
-                    };
-                    answer(&q, &addrs, 30)
-                } else {
-                    error(&q, Rcode::NxDomain)
+        if let Some(reply) = dns_reply(&buf[..n], &proxy, &names).await {
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    }
+}
+
+/// DNS over TCP: two-byte length-prefixed messages, several per connection.
+pub async fn serve_dns_tcp(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (proxy, names) = (proxy.clone(), names.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len))
+                        .await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                let Some(reply) = dns_reply(&query, &proxy, &names).await else {
+                    return;
+                };
+                let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&reply);
+                if stream.write_all(&out).await.is_err() {
+                    return;
                 }
             }
-        };
-        let _ = socket.send_to(&reply, peer).await;
+        });
     }
 }

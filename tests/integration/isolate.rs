@@ -151,6 +151,14 @@ def dns():
 fast("dns", dns)
 def allowed_dns():
     socket.getaddrinfo("api.kz.test", 443)
+def dns_over_tcp(name):
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    s = socket.create_connection(("198.18.0.53", 53), timeout=3)
+    s.sendall(len(q).to_bytes(2, "big") + q)
+    n = int.from_bytes(s.recv(2), "big"); r = s.recv(n)
+    return r[3] & 0x0f, int.from_bytes(r[6:8], "big")
+print("tcp-dns allowed", dns_over_tcp("api.kz.test"))
+print("tcp-dns refused", dns_over_tcp("evil.example.com"))
 try:
     allowed_dns(); print("allowed-dns ok")
 except OSError as e:
@@ -168,6 +176,8 @@ ping -c 1 -W 2 192.0.2.1 >/dev/null 2>&1 && echo "ping NOT BLOCKED" || echo "pin
         "dns blocked",
         "allowed-dns ok",
         "ping blocked",
+        "tcp-dns allowed (0, 1)",
+        "tcp-dns refused (5, 0)",
     ] {
         assert!(out.contains(want), "missing {want:?}:\n{out}\n{err}");
     }
