@@ -46,6 +46,11 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// Development identities
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The pod's transparent proxy (Kubernetes sidecar, runs as kz's uid)
+    #[command(
+        after_help = "Example:\n  kz sidecar -c /etc/keyzero/keyzero.toml --share-dir /var/run/keyzero\n\nTokens: KZ_TOKEN_<NAME>=KZ_TOK_... in the sidecar's environment fixes the token of secret NAME\n(the agent container gets the same value in its pod spec); others are generated. Either way\nNAME=TOKEN lines are written to <share-dir>/tokens.env, next to ca-bundle.pem and kz-ca.pem."
+    )]
+    Sidecar(SidecarArgs),
     /// Install the pod's redirect rules (Kubernetes init container; needs NET_ADMIN)
     #[command(
         name = "init-network",
@@ -143,6 +148,27 @@ pub enum SecretCommand {
     /// Print a new random key for KZ_LOCAL_KEY
     #[command(after_help = "Example:\n  export KZ_LOCAL_KEY=$(kz secret keygen)")]
     Keygen,
+}
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The transparent listener port (on 127.0.0.1 and ::1)
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// The DNS port (UDP and TCP, on 127.0.0.1)
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
+    /// Where GET /ready answers once the proxy serves (for a startupProbe)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
+    pub ready_listen: String,
+    /// Shared volume for the agent containers: ca-bundle.pem, kz-ca.pem, tokens.env
+    #[arg(long, value_name = "DIR", default_value = "/var/run/keyzero")]
+    pub share_dir: std::path::PathBuf,
+    /// Append JSON audit lines to FILE
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

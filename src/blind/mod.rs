@@ -21,6 +21,13 @@ pub const TOKEN_RANDOM_CHARS: usize = 22;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Whether `t` has the shape of a token (prefix and at least 22 base62 characters).
+pub fn is_token(t: &str) -> bool {
+    t.strip_prefix(TOKEN_PREFIX).is_some_and(|r| {
+        r.len() >= TOKEN_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// A fresh token: `KZ_TOK_` and 22 uniformly random base62 characters.
 pub fn new_token() -> String {
     let rng = SystemRandom::new();
@@ -87,15 +94,27 @@ fn json_content(v: &str) -> String {
 impl TokenTable {
     /// Tokens are generated here, unique per run.
     pub fn new(secrets: Vec<(String, SecretValue, Vec<HostPattern>)>) -> Self {
-        let mut seen = std::collections::HashSet::new();
+        Self::with_tokens(secrets, &HashMap::new())
+    }
+
+    /// Like `new`, but a secret named in `preset` keeps that token (the sidecar, whose agent
+    /// containers got their tokens in their pod spec). Presets must be valid, distinct tokens.
+    pub fn with_tokens(
+        secrets: Vec<(String, SecretValue, Vec<HostPattern>)>,
+        preset: &HashMap<String, String>,
+    ) -> Self {
+        let mut seen: std::collections::HashSet<String> = preset.values().cloned().collect();
         let secrets: Vec<BlindSecret> = secrets
             .into_iter()
             .map(|(name, value, hosts)| {
-                let token = loop {
-                    let t = new_token();
-                    if seen.insert(t.clone()) {
-                        break t;
-                    }
+                let token = match preset.get(&name) {
+                    Some(t) => t.clone(),
+                    None => loop {
+                        let t = new_token();
+                        if seen.insert(t.clone()) {
+                            break t;
+                        }
+                    },
                 };
                 BlindSecret {
                     name,

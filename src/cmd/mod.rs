@@ -32,6 +32,18 @@ pub mod isolate {
 }
 pub mod run;
 pub mod secret;
+#[cfg(target_os = "linux")]
+pub mod sidecar;
+#[cfg(not(target_os = "linux"))]
+pub mod sidecar {
+    //! The sidecar needs Linux (original destinations of redirected connections).
+    pub fn sidecar(_: crate::cli::SidecarArgs) -> super::Outcome {
+        Err(super::Failure::new(
+            super::EXIT_KZ,
+            kz_netns::NetnsError::Unsupported.to_string(),
+        ))
+    }
+}
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +85,7 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),
         Command::InitNetwork(a) => init_network(a),
+        Command::Sidecar(a) => sidecar::sidecar(a),
         Command::Server(c) => policy::server(c),
         Command::Policy(c) => policy::policy(c),
         Command::Token(c) => policy::token(c),

@@ -29,11 +29,11 @@ fn credential() -> String {
     crate::blind::new_token()[crate::blind::TOKEN_PREFIX.len()..].to_string()
 }
 
-fn write_private(path: &std::path::Path, data: &str) -> Result<(), String> {
+fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     f.write_all(data.as_bytes())
@@ -46,24 +46,12 @@ pub async fn start(
     vars: Vec<(String, SecretValue)>,
     audit: Arc<Audit>,
 ) -> Result<Session, String> {
-    let mut secrets = Vec::new();
-    for (name, value) in vars {
-        let hosts = cfg
-            .secrets
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.hosts.clone())
-            .unwrap_or_default();
-        secrets.push((name, value, hosts));
-    }
-    let table = Arc::new(TokenTable::new(secrets));
-    let ca = ca::Ca::generate()?;
-    let mut extra = Vec::new();
-    if let Some(p) = &cfg.network.upstream_ca {
-        extra = crate::http::read_pem_certs(p).map_err(|e| format!("network.upstream_ca: {e}"))?;
-    }
-    let resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
-    let upstream = Upstream::new(resolver, &extra);
+    let proxy = Arc::new(build_proxy(
+        cfg,
+        vars,
+        &std::collections::HashMap::new(),
+        audit,
+    )?);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("proxy: cannot listen on 127.0.0.1: {e}"))?;
@@ -73,19 +61,7 @@ pub async fn start(
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
-    let ca_pem = ca.cert_pem();
-    let mut bundle = ca::pem_encode(crate::http::system_roots());
-    bundle.push_str(&ca_pem);
-    write_private(&dir.path().join("ca-bundle.pem"), &bundle)?;
-    write_private(&dir.path().join("kz-ca.pem"), &ca_pem)?;
-    let proxy = Arc::new(Proxy {
-        table,
-        ca,
-        upstream,
-        allow: cfg.network.allow.clone(),
-        credential: credential(),
-        audit,
-    });
+    write_ca_files(&proxy, dir.path(), 0o600)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(super::run(listener, proxy.clone(), async move {
         let _ = stopped.await;
@@ -96,6 +72,57 @@ pub async fn start(
         dir,
         stop,
         task,
+    })
+}
+
+/// Writes `ca-bundle.pem` (system roots + kz's CA) and `kz-ca.pem` into `dir`.
+pub fn write_ca_files(proxy: &Proxy, dir: &std::path::Path, mode: u32) -> Result<(), String> {
+    let ca_pem = proxy.ca.cert_pem();
+    let mut bundle = ca::pem_encode(crate::http::system_roots());
+    bundle.push_str(&ca_pem);
+    for (name, text) in [
+        ("ca-bundle.pem", bundle.as_str()),
+        ("kz-ca.pem", ca_pem.as_str()),
+    ] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        write_private(&path, text, mode)?;
+    }
+    Ok(())
+}
+
+/// The proxy state for `vars` (name → real value) as configured in `cfg`; `preset` fixes
+/// the tokens of some secrets.
+pub fn build_proxy(
+    cfg: &Config,
+    vars: Vec<(String, SecretValue)>,
+    preset: &std::collections::HashMap<String, String>,
+    audit: Arc<Audit>,
+) -> Result<Proxy, String> {
+    let mut secrets = Vec::new();
+    for (name, value) in vars {
+        let hosts = cfg
+            .secrets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.hosts.clone())
+            .unwrap_or_default();
+        secrets.push((name, value, hosts));
+    }
+    let table = Arc::new(TokenTable::with_tokens(secrets, preset));
+    let ca = ca::Ca::generate()?;
+    let mut extra = Vec::new();
+    if let Some(p) = &cfg.network.upstream_ca {
+        extra = crate::http::read_pem_certs(p).map_err(|e| format!("network.upstream_ca: {e}"))?;
+    }
+    let resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
+    Ok(Proxy {
+        table,
+        ca,
+        upstream: Upstream::new(resolver, &extra),
+        allow: cfg.network.allow.clone(),
+        credential: credential(),
+        audit,
     })
 }
 

@@ -118,3 +118,122 @@ fn dry_run_prints_and_changes_nothing() {
     );
     assert!(text.contains("icmp6-port-unreachable"), "{text}");
 }
+
+/// A whole simulated pod in one network namespace: `kz init-network`, `kz sidecar` as uid
+/// 17337, an HTTPS origin on the pod's loopback, and an agent as another uid whose
+/// proxy-ignoring `curl` is intercepted and swapped; its UDP and IPv6 escapes fail.
+#[test]
+fn simulated_pod_agent_is_intercepted_by_the_sidecar() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("kz-pod-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let share = d.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let kz = d.join("kz");
+    std::fs::copy(kz_bin(), &kz).unwrap();
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(crate::util::fixture(&format!("tls/{f}")), d.join(f)).unwrap();
+    }
+    let port = 18443;
+    std::fs::write(
+        d.join("kz.toml"),
+        format!(
+            "[secrets]\nGH = {{ provider = \"env\", ref = \"REAL_GH\", hosts = [\"api.kz.test:{port}\"] }}\n[network]\nhosts = {{ \"api.kz.test\" = \"127.0.0.1\" }}\nallow_private = true\nupstream_ca = \"{}\"\n",
+            d.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    for f in ["kz.toml", "ca.pem"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::write(
+        d.join("origin.py"),
+        r#"
+import ssl, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        open(sys.argv[2], "a").write(self.headers.get("Authorization", "") + "\n")
+        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers(); self.wfile.write(b"ok\n")
+s = HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+s.socket = ctx.wrap_socket(s.socket, server_side=True); s.serve_forever()
+"#,
+    )
+    .unwrap();
+    let agent_probe = r#"
+import socket, time
+def fast(label, f):
+    t0 = time.time()
+    try:
+        f(); print(label, "NOT BLOCKED")
+    except OSError:
+        print(label, "blocked" if time.time() - t0 < 3 else "slow")
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5); u.connect(("192.0.2.1", 443)); u.send(b"q"); u.recv(9)
+def v6():
+    s = socket.create_connection(("2001:db8::1", 443), timeout=5); s.sendall(b"x")
+    if not s.recv(9): raise OSError("closed")
+fast("udp", udp); fast("ipv6", v6)
+"#;
+    std::fs::write(d.join("probe.py"), agent_probe).unwrap();
+    let script = format!(
+        r#"
+cd {d}
+python3 origin.py {port} {d}/received.log server.pem server.key & ORIGIN=$!
+for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}), 1)" 2>/dev/null && break; sleep 0.1; done
+./kz init-network
+setpriv --reuid=17337 --regid=17337 --clear-groups env -i PATH="$PATH" REAL_GH=ghp_pod_REAL_value_42 \
+  ./kz sidecar -c kz.toml --share-dir {share} --ready-listen 127.0.0.1:15021 2> sidecar.log & SIDECAR=$!
+for i in $(seq 100); do curl -sf http://127.0.0.1:15021/ready >/dev/null && break; sleep 0.1; done
+curl -sf http://127.0.0.1:15021/ready
+. {share}/tokens.env
+setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH="$PATH" GH="$GH" sh -c '
+  echo "agent token: $GH"
+  curl --noproxy "*" -sS --cacert {share}/ca-bundle.pem --resolve api.kz.test:{port}:198.51.100.7 \
+    "https://api.kz.test:{port}/x" -H "Authorization: Bearer $GH"
+  python3 {d}/probe.py'
+kill $SIDECAR $ORIGIN || true
+echo ---origin---
+cat received.log
+"#,
+        d = d.display(),
+        share = share.display()
+    );
+    let out = in_pod(&script);
+    assert!(out.contains("ready"), "{out}");
+    assert!(out.contains("agent token: KZ_TOK_"), "{out}");
+    assert!(
+        out.contains("\nok\n"),
+        "the agent's request went through: {out}"
+    );
+    assert!(
+        out.contains("udp blocked") && out.contains("ipv6 blocked"),
+        "{out}"
+    );
+    let agent_part = out
+        .split("agent token:")
+        .nth(1)
+        .unwrap()
+        .split("---origin---")
+        .next()
+        .unwrap();
+    assert!(
+        !agent_part.contains("ghp_pod_REAL"),
+        "the agent never saw the value: {out}"
+    );
+    let origin_part = out.split("---origin---").nth(1).unwrap();
+    assert!(
+        origin_part.contains("Bearer ghp_pod_REAL_value_42"),
+        "{out}"
+    );
+}
