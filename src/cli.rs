@@ -214,6 +214,12 @@ pub enum ServerCommand {
         /// Also serve MCP at /mcp (not in this build yet)
         #[arg(long)]
         mcp: bool,
+        /// Serve the sidecar injector at POST /inject with this kz image
+        #[arg(long, value_name = "IMAGE")]
+        inject_image: Option<String>,
+        /// The ConfigMap with the sidecar's keyzero.toml, for injected pods
+        #[arg(long, value_name = "NAME", default_value = "keyzero-agent")]
+        inject_config_map: String,
     },
 }
 

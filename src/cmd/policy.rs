@@ -30,7 +30,13 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         tls_cert,
         tls_key,
         mcp,
+        inject_image,
+        inject_config_map,
     } = cmd;
+    let inject = inject_image.map(|image| crate::server::inject::InjectConfig {
+        image,
+        config_map: inject_config_map,
+    });
     if mcp {
         return Err(Failure::new(
             EXIT_FAIL,
@@ -46,7 +52,7 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         // Fail fast on a bundle that does not parse; its keys (JWKS) load after the listener is
         // up, so /readyz answers 503 until they have.
         bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
-        let server = Server::new(bundle, process_env());
+        let server = Server::with_injector(bundle, process_env(), inject);
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| Failure::new(EXIT_FAIL, format!("--listen {listen}: {e}")))?;

@@ -5,6 +5,7 @@
 //! and when its file changes; a bad new bundle keeps the old one.
 
 pub mod engine;
+pub mod inject;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -121,6 +122,8 @@ pub struct Server {
     next_id: AtomicU64,
     /// Where decision-log lines go.
     log: Box<dyn Fn(&str) + Send + Sync>,
+    /// The sidecar injector (`POST /inject`), when configured.
+    pub inject: Option<inject::InjectConfig>,
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
@@ -145,6 +148,14 @@ fn unauthorized(reason: &str) -> Response<Body> {
 
 impl Server {
     pub fn new(bundle_path: PathBuf, env: Arc<dyn Env>) -> Arc<Server> {
+        Self::with_injector(bundle_path, env, None)
+    }
+
+    pub fn with_injector(
+        bundle_path: PathBuf,
+        env: Arc<dyn Env>,
+        inject: Option<inject::InjectConfig>,
+    ) -> Arc<Server> {
         Arc::new(Server {
             bundle_path,
             engine: RwLock::new(None),
@@ -152,6 +163,7 @@ impl Server {
             env,
             next_id: AtomicU64::new(1),
             log: Box::new(|line| println!("{line}")),
+            inject,
         })
     }
 
@@ -268,6 +280,34 @@ impl Server {
                     HeaderValue::from_static("text/plain; version=0.0.4"),
                 );
                 return r;
+            }
+            (&Method::POST, "/inject") => {
+                // Called by the Kubernetes API server (authenticated by the webhook's TLS).
+                let Some(cfg) = self.inject.clone() else {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({"error": "injector not configured"}),
+                    );
+                };
+                let body = match http_body_util::Limited::new(req.into_body(), 4 << 20)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return json_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            json!({"error": "body too large"}),
+                        )
+                    }
+                };
+                return match serde_json::from_slice::<Value>(&body) {
+                    Ok(v) => json_response(StatusCode::OK, inject::review(&v, &cfg)),
+                    Err(_) => json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "not an AdmissionReview"}),
+                    ),
+                };
             }
             (&Method::POST, "/v1/decide") | (&Method::POST, "/v1/resolve") => {}
             _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

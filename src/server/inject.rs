@@ -1,0 +1,228 @@
+//! The sidecar injector: a mutating admission webhook (`POST /inject`, AdmissionReview v1). For
+//! pods annotated `keyzero.dev/inject: "true"` it returns a JSON patch that adds the
+//! `kz init-network` init container, the `kz sidecar` native sidecar (an init container with
+//! `restartPolicy: Always`), the shared volume and, for the secrets named in
+//! `keyzero.dev/secrets`, one token per secret in the agent containers' environment and the
+//! same token in the sidecar's. Pods that would defeat the rules are refused; pods already
+//! injected get no patch. Pure: JSON in, JSON out.
+
+use serde_json::{json, Value};
+
+pub const ANNOTATION: &str = "keyzero.dev/inject";
+pub const SECRETS_ANNOTATION: &str = "keyzero.dev/secrets";
+pub const INJECTED_ANNOTATION: &str = "keyzero.dev/injected";
+pub const KZ_UID: i64 = 17337;
+pub const INIT_NAME: &str = "keyzero-init";
+pub const SIDECAR_NAME: &str = "keyzero-sidecar";
+pub const VOLUME: &str = "keyzero-share";
+pub const SHARE_DIR: &str = "/var/run/keyzero";
+
+/// How the injected containers look.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub image: String,
+    /// A ConfigMap holding the sidecar's `keyzero.toml`.
+    pub config_map: String,
+}
+
+/// The decision for one pod.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Nothing to do (not opted in, or already injected).
+    Skip,
+    Patch(Vec<Value>),
+    Refuse(String),
+}
+
+fn escape_pointer(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Decides what to do with `pod`; `tokens` makes the token for each secret name.
+pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> String) -> Verdict {
+    let annotations = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
+    let opted_in = annotations
+        .and_then(|a| a.get(ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("true");
+    if !opted_in {
+        return Verdict::Skip;
+    }
+    let init = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if annotations.is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
+        || init
+            .iter()
+            .any(|c| c.get("name").and_then(Value::as_str) == Some(INIT_NAME))
+    {
+        return Verdict::Skip;
+    }
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let pod_uid = pod
+        .pointer("/spec/securityContext/runAsUser")
+        .and_then(Value::as_i64);
+    for c in containers.iter().chain(init.iter()) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let uid = c
+            .pointer("/securityContext/runAsUser")
+            .and_then(Value::as_i64)
+            .or(pod_uid);
+        if uid == Some(KZ_UID) {
+            return Verdict::Refuse(format!(
+                "container {name} runs as uid {KZ_UID}, kz's own: its traffic would bypass kz"
+            ));
+        }
+        let caps = c
+            .pointer("/securityContext/capabilities/add")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if caps
+            .iter()
+            .any(|x| matches!(x.as_str(), Some("NET_ADMIN" | "CAP_NET_ADMIN" | "ALL")))
+        {
+            return Verdict::Refuse(format!(
+                "container {name} adds NET_ADMIN, which could undo kz's rules"
+            ));
+        }
+        if c.pointer("/securityContext/privileged")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            return Verdict::Refuse(format!(
+                "container {name} is privileged, which could undo kz's rules"
+            ));
+        }
+    }
+    let names: Vec<String> = annotations
+        .and_then(|a| a.get(SECRETS_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let tokens: Vec<(String, String)> = names.iter().map(|n| (n.clone(), token(n))).collect();
+    let mount = json!({"name": VOLUME, "mountPath": SHARE_DIR, "readOnly": true});
+    let init_network = json!({
+        "name": INIT_NAME,
+        "image": cfg.image,
+        "args": ["init-network", "--kz-uid", KZ_UID.to_string()],
+        "securityContext": {
+            "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+        }
+    });
+    let mut sidecar_env: Vec<Value> = tokens
+        .iter()
+        .map(|(n, t)| json!({"name": format!("KZ_TOKEN_{n}"), "value": t}))
+        .collect();
+    sidecar_env.push(json!({"name": "KZ_CONFIG", "value": "/etc/keyzero/keyzero.toml"}));
+    let sidecar = json!({
+        "name": SIDECAR_NAME,
+        "image": cfg.image,
+        "restartPolicy": "Always",
+        "args": ["sidecar", "--share-dir", SHARE_DIR],
+        "env": sidecar_env,
+        "volumeMounts": [
+            {"name": VOLUME, "mountPath": SHARE_DIR},
+            {"name": "keyzero-config", "mountPath": "/etc/keyzero", "readOnly": true}
+        ],
+        "startupProbe": {"httpGet": {"path": "/ready", "port": 15021}, "periodSeconds": 1, "failureThreshold": 60},
+        "securityContext": {
+            "runAsUser": KZ_UID, "runAsGroup": KZ_UID, "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}
+        }
+    });
+    let mut ops = Vec::new();
+    if pod.pointer("/spec/initContainers").is_none() {
+        ops.push(
+            json!({"op": "add", "path": "/spec/initContainers", "value": [init_network, sidecar]}),
+        );
+    } else {
+        // The rules first and the sidecar second, before any init container of the pod's own.
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init_network}));
+    }
+    let volumes = [
+        json!({"name": VOLUME, "emptyDir": {}}),
+        json!({"name": "keyzero-config", "configMap": {"name": cfg.config_map}}),
+    ];
+    if pod.pointer("/spec/volumes").is_none() {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    } else {
+        for v in volumes {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
+        }
+    }
+    for (i, c) in containers.iter().enumerate() {
+        let base = format!("/spec/containers/{i}");
+        if c.get("volumeMounts").is_none() {
+            ops.push(
+                json!({"op": "add", "path": format!("{base}/volumeMounts"), "value": [mount]}),
+            );
+        } else {
+            ops.push(
+                json!({"op": "add", "path": format!("{base}/volumeMounts/-"), "value": mount}),
+            );
+        }
+        let mut env: Vec<Value> = tokens
+            .iter()
+            .map(|(n, t)| json!({"name": n, "value": t}))
+            .collect();
+        env.push(json!({"name": "SSL_CERT_FILE", "value": format!("{SHARE_DIR}/ca-bundle.pem")}));
+        env.push(
+            json!({"name": "NODE_EXTRA_CA_CERTS", "value": format!("{SHARE_DIR}/ca-bundle.pem")}),
+        );
+        env.push(
+            json!({"name": "REQUESTS_CA_BUNDLE", "value": format!("{SHARE_DIR}/ca-bundle.pem")}),
+        );
+        if c.get("env").is_none() {
+            ops.push(json!({"op": "add", "path": format!("{base}/env"), "value": env}));
+        } else {
+            for e in env {
+                ops.push(json!({"op": "add", "path": format!("{base}/env/-"), "value": e}));
+            }
+        }
+    }
+    let ann_path = format!(
+        "/metadata/annotations/{}",
+        escape_pointer(INJECTED_ANNOTATION)
+    );
+    ops.push(json!({"op": "add", "path": ann_path, "value": "true"}));
+    Verdict::Patch(ops)
+}
+
+/// Answers an AdmissionReview v1 request.
+pub fn review(body: &Value, cfg: &InjectConfig) -> Value {
+    let uid = body.pointer("/request/uid").cloned().unwrap_or(Value::Null);
+    let pod = body
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let response = match mutate(&pod, cfg, |_| crate::blind::new_token()) {
+        Verdict::Skip => json!({"uid": uid, "allowed": true}),
+        Verdict::Refuse(reason) => {
+            json!({"uid": uid, "allowed": false, "status": {"code": 403, "message": format!("keyzero: {reason}")}})
+        }
+        Verdict::Patch(ops) => {
+            use base64::Engine;
+            json!({
+                "uid": uid, "allowed": true, "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(Value::Array(ops).to_string())
+            })
+        }
+    };
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
