@@ -5,6 +5,7 @@
 mod attacks;
 mod aws;
 mod blind;
+mod helm;
 mod inject;
 mod isolate;
 mod local;
