@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// Do not conceal secret values in the command's output
     #[arg(long)]
     pub no_mask: bool,
+    /// With --isolate, as root: run the command as UID[:GID] (a container's agent user)
+    #[arg(long, value_name = "UID[:GID]", requires = "isolate")]
+    pub user: Option<String>,
     /// Append JSON audit lines to FILE (overrides [audit] path)
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,

@@ -285,10 +285,24 @@ pub const TRUST_STORE_PATHS: [&str; 6] = [
     "/etc/ssl/cert.pem",
 ];
 
-/// Drops every capability, sets `no_new_privs` and replaces this process with `command`.
+/// Drops every capability, sets `no_new_privs` and replaces this process with `command`,
+/// first switching to `run_as` (uid, gid; supplementary groups cleared) when given.
 /// Returns only on failure.
-pub fn drop_and_exec(command: &[OsString], remove_env: &[&str]) -> NetnsError {
+pub fn drop_and_exec(
+    command: &[OsString],
+    remove_env: &[&str],
+    run_as: Option<(u32, u32)>,
+) -> NetnsError {
     use caps::CapSet;
+    if let Some((uid, gid)) = run_as {
+        use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+        if let Err(e) = setgroups(&[])
+            .and_then(|_| setgid(Gid::from_raw(gid)))
+            .and_then(|_| setuid(Uid::from_raw(uid)))
+        {
+            return err(&format!("switching to uid {uid} gid {gid}"), e);
+        }
+    }
     for set in [
         CapSet::Ambient,
         CapSet::Inheritable,

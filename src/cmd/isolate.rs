@@ -31,6 +31,8 @@ struct Spec {
     gid: u32,
     nft: bool,
     command: Vec<String>,
+    /// Run the command as this uid and gid (kz running as root).
+    run_as: Option<(u32, u32)>,
 }
 
 /// The helper: enter the namespaces, set them up, hand over the listeners, become the agent.
@@ -77,7 +79,7 @@ pub fn helper() -> Outcome {
         return Err(Failure::new(EXIT_KZ, e.to_string()));
     }
     let command: Vec<OsString> = spec.command.iter().map(OsString::from).collect();
-    match sandbox::drop_and_exec(&command, &[SPEC_VAR]) {
+    match sandbox::drop_and_exec(&command, &[SPEC_VAR], spec.run_as) {
         kz_netns::NetnsError::Exec(program, e) => {
             let (code, why) = match e.kind() {
                 std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
@@ -99,6 +101,7 @@ pub async fn run(
     mut env: Vec<(String, SecretValue)>,
     remove: Vec<String>,
     mask: Option<Arc<MaskSet>>,
+    run_as: Option<(u32, u32)>,
 ) -> Result<u8, Failure> {
     if !kz_netns::supported() {
         return Err(Failure::new(
@@ -133,6 +136,24 @@ pub async fn run(
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: {e}")))?;
     let uid = nix::unistd::getuid();
+    if run_as.is_some() && !uid.is_root() {
+        return Err(Failure::new(EXIT_KZ, "--user needs kz to run as root"));
+    }
+    if let Some((u, g)) = run_as {
+        // The command reads the CA files as that user.
+        for f in ["ca-bundle.pem", "kz-ca.pem"] {
+            let _ = nix::unistd::chown(
+                &dir.join(f),
+                Some(nix::unistd::Uid::from_raw(u)),
+                Some(nix::unistd::Gid::from_raw(g)),
+            );
+        }
+        let _ = nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        );
+    }
     let spec = Spec {
         socket,
         dir: dir.clone(),
@@ -144,6 +165,7 @@ pub async fn run(
             .iter()
             .map(|c| c.to_string_lossy().into_owned())
             .collect(),
+        run_as,
     };
     env.push((
         SPEC_VAR.into(),

@@ -22,6 +22,7 @@ pub mod isolate {
         _env: Vec<(String, crate::secret::SecretValue)>,
         _remove: Vec<String>,
         _mask: Option<std::sync::Arc<crate::mask::MaskSet>>,
+        _run_as: Option<(u32, u32)>,
     ) -> Result<u8, Failure> {
         session.stop().await;
         Err(Failure::new(

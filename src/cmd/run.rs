@@ -42,6 +42,15 @@ pub fn removed_variables(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
+/// `UID[:GID]`, numeric (the gid defaults to the uid).
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    match (u.parse(), g.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(format!("--user {s:?}: expected numeric UID[:GID]")),
+    }
+}
+
 pub fn run(args: RunArgs) -> Outcome {
     let env = process_env();
     let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
@@ -61,6 +70,11 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::many(EXIT_KZ, unbound));
         }
     }
+    let run_as = match args.user.as_deref().map(parse_user) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return Err(Failure::new(2, e)),
+        None => None,
+    };
     let audit = open_audit(&cfg, args.audit.as_deref())?;
     let rt = runtime()?;
     let results = rt.block_on(resolve_config(&cfg, env, &audit));
@@ -108,8 +122,8 @@ pub fn run(args: RunArgs) -> Outcome {
             .map_err(|e| Failure::new(EXIT_KZ, e))?;
         if args.isolate {
             let env = session.child_env_isolated(&ProcessEnv);
-            return super::isolate::run(session, args.command, env, removed_variables(&cfg), mask)
-                .await;
+            let removed = removed_variables(&cfg);
+            return super::isolate::run(session, args.command, env, removed, mask, run_as).await;
         }
         let spec = ChildSpec {
             command: args.command,

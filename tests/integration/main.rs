@@ -5,6 +5,7 @@
 mod attacks;
 mod aws;
 mod blind;
+mod deploy;
 mod helm;
 mod inject;
 mod isolate;
