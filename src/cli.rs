@@ -40,6 +40,17 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// The policy decision point (agents authenticate with JWTs; CEL policies decide)
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Serve MCP over stdio (tools list_secrets, resolve, fetch) for a local agent
+    #[command(
+        after_help = "Example (an mcpServers entry):\n  {\"command\": \"kz\", \"args\": [\"mcp\", \"--bundle\", \"/etc/keyzero/bundle.yaml\"],\n   \"env\": {\"KZ_IDENTITY_TOKEN\": \"<the agent's JWT>\"}}"
+    )]
+    Mcp {
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        /// Read the identity JWT from FILE instead of $KZ_IDENTITY_TOKEN
+        #[arg(long, value_name = "FILE")]
+        identity_token_file: Option<PathBuf>,
+    },
     /// Validate and test policy bundles
     #[command(subcommand)]
     Policy(PolicyCommand),

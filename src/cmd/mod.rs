@@ -88,6 +88,10 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::InitNetwork(a) => init_network(a),
         Command::Sidecar(a) => sidecar::sidecar(a),
         Command::Server(c) => policy::server(c),
+        Command::Mcp {
+            bundle,
+            identity_token_file,
+        } => policy::mcp_stdio(bundle, identity_token_file),
         Command::Policy(c) => policy::policy(c),
         Command::Token(c) => policy::token(c),
     }

@@ -37,12 +37,7 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         image,
         config_map: inject_config_map,
     });
-    if mcp {
-        return Err(Failure::new(
-            EXIT_FAIL,
-            "--mcp is not available in this build yet",
-        ));
-    }
+
     let tls = match (tls_cert, tls_key) {
         (Some(c), Some(k)) => Some(tls_config(&c, &k).map_err(|e| Failure::new(EXIT_FAIL, e))?),
         _ => None,
@@ -53,6 +48,10 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         // up, so /readyz answers 503 until they have.
         bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
         let server = Server::with_injector(bundle, process_env(), inject);
+        if mcp {
+            let host = listen.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+            server.enable_mcp(vec![host.clone(), listen.clone()]);
+        }
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| Failure::new(EXIT_FAIL, format!("--listen {listen}: {e}")))?;
@@ -97,6 +96,46 @@ fn tls_config(
     .map_err(|e| format!("tls: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// `kz mcp`: MCP over stdio for the identity in `$KZ_IDENTITY_TOKEN` (or a file).
+pub fn mcp_stdio(
+    bundle_path: std::path::PathBuf,
+    token_file: Option<std::path::PathBuf>,
+) -> Outcome {
+    use rmcp::ServiceExt;
+    let token = match token_file {
+        Some(f) => std::fs::read_to_string(&f)
+            .map_err(|e| Failure::new(EXIT_FAIL, format!("{}: {e}", f.display())))?,
+        None => std::env::var("KZ_IDENTITY_TOKEN").map_err(|_| {
+            Failure::new(
+                EXIT_FAIL,
+                "no identity: set KZ_IDENTITY_TOKEN or --identity-token-file",
+            )
+        })?,
+    };
+    let b = bundle::load(&bundle_path).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let engine = Engine::load(b, process_env())
+            .await
+            .map_err(|e| Failure::many(EXIT_FAIL, e))?;
+        let claims = engine
+            .verify(token.trim(), now())
+            .await
+            .map_err(|e| Failure::new(EXIT_FAIL, format!("identity token: {e}")))?;
+        let handler = crate::server::mcp::KzMcp {
+            engine: Arc::new(engine),
+            claims,
+            server: None,
+        };
+        let service = handler
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| Failure::new(EXIT_FAIL, format!("mcp: {e}")))?;
+        let _ = service.waiting().await;
+        Ok(0)
+    })
 }
 
 pub fn policy(cmd: PolicyCommand) -> Outcome {

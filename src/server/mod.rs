@@ -6,6 +6,8 @@
 
 pub mod engine;
 pub mod inject;
+pub mod mcp;
+mod mcp_fetch;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -27,7 +29,11 @@ use crate::env::Env;
 use crate::provider::ErrorKind;
 use engine::{Engine, Subject};
 
-type Body = Full<Bytes>;
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full_body(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
 
 /// Prometheus counters and a latency histogram.
 #[derive(Default)]
@@ -124,10 +130,17 @@ pub struct Server {
     log: Box<dyn Fn(&str) + Send + Sync>,
     /// The sidecar injector (`POST /inject`), when configured.
     pub inject: Option<inject::InjectConfig>,
+    /// MCP over Streamable HTTP at `/mcp`, when enabled.
+    mcp: std::sync::OnceLock<McpService>,
 }
 
+type McpService = rmcp::transport::streamable_http_server::StreamableHttpService<
+    mcp::KzMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+>;
+
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(full_body(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -164,7 +177,32 @@ impl Server {
             next_id: AtomicU64::new(1),
             log: Box::new(|line| println!("{line}")),
             inject,
+            mcp: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves MCP at `/mcp` (Streamable HTTP); `hosts` are the Host values accepted besides
+    /// localhost (DNS-rebinding protection).
+    pub fn enable_mcp(self: &Arc<Self>, hosts: Vec<String>) {
+        let server = self.clone();
+        let mut cfg =
+            rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default();
+        cfg.allowed_hosts.extend(hosts);
+        let service = rmcp::transport::streamable_http_server::StreamableHttpService::new(
+            move || {
+                let engine = server
+                    .engine()
+                    .ok_or_else(|| std::io::Error::other("bundle not loaded"))?;
+                Ok(mcp::KzMcp {
+                    engine,
+                    claims: Map::new(),
+                    server: Some(server.clone()),
+                })
+            },
+            Default::default(),
+            cfg,
+        );
+        let _ = self.mcp.set(service);
     }
 
     /// Loads (or reloads) the bundle; on failure the current one stays and the reasons return.
@@ -217,7 +255,7 @@ impl Server {
     }
 
     /// Decides and writes the decision-log line.
-    fn decide_logged(
+    pub(crate) fn decide_logged(
         &self,
         engine: &Engine,
         claims: &Map<String, Value>,
@@ -274,7 +312,7 @@ impl Server {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut r = Response::new(full_body(self.metrics.render()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -308,6 +346,24 @@ impl Server {
                         json!({"error": "not an AdmissionReview"}),
                     ),
                 };
+            }
+            (_, "/mcp") if self.mcp.get().is_some() => {
+                let Some(engine) = self.engine() else {
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"error": "loading"}),
+                    );
+                };
+                let claims = match self.authenticate(&engine, &req).await {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                        return unauthorized(&reason);
+                    }
+                };
+                let mut req = req;
+                req.extensions_mut().insert(mcp::McpIdentity(claims));
+                return self.mcp.get().expect("checked").handle(req).await;
             }
             (&Method::POST, "/v1/decide") | (&Method::POST, "/v1/resolve") => {}
             _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

@@ -10,6 +10,7 @@ mod helm;
 mod inject;
 mod isolate;
 mod local;
+mod mcp;
 mod onepassword;
 mod pod;
 mod policy;

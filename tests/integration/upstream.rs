@@ -198,6 +198,24 @@ async fn handle(
             }
             r
         }
+        "/redirect" => {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::FOUND;
+            let port = s
+                .header(":authority")
+                .or(s.header("host"))
+                .and_then(|h| h.rsplit(':').next())
+                .unwrap_or("443")
+                .to_string();
+            r.headers_mut().insert(
+                "location",
+                format!("https://other.kz.test:{port}/stolen")
+                    .parse()
+                    .unwrap(),
+            );
+            r
+        }
+        "/big" => Response::new(full(vec![b'x'; 3 << 20])),
         "/close" => {
             let mut r = Response::new(full("closing\n"));
             r.headers_mut()

@@ -1,0 +1,354 @@
+//! MCP with the official Python SDK as the client: tools listed with annotations and schemas,
+//! each tool called, allowed and denied identities, the upstream receiving the real credential
+//! while no tool result contains it (also when the upstream echoes it), and fetch attacks.
+
+use serde_json::{json, Value};
+
+use crate::upstream;
+use crate::util::{fixture, kz_bin, python, Sandbox};
+
+const SECRET: &str = "mcp-jwt-secret";
+const REAL: &str = "ghp_mcp_REAL_value_777";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn token(service: &str) -> String {
+    kz::policy::jwt::sign_hs256(
+        &json!({"iss": "https://issuer.example", "aud": "keyzero", "sub": service, "service": service, "exp": now() + 600}),
+        SECRET.as_bytes(),
+    )
+}
+
+fn setup() -> (Sandbox, upstream::Upstream) {
+    let sb = Sandbox::new();
+    let up = upstream::start();
+    sb.write("secret/data/prod/github", REAL);
+    sb.write("secret/data/prod/shown", "revealed-value-123");
+    sb.write(
+        "bundle.yaml",
+        &format!(
+            r#"
+identity:
+  issuers:
+  - issuer: "https://issuer.example"
+    audiences: ["keyzero"]
+    algorithms: ["HS256"]
+    secret_env: "KZ_JWT_SECRET"
+network:
+  hosts: {{ "api.kz.test": "127.0.0.1", "other.kz.test": "127.0.0.1" }}
+  allow_private: true
+  upstream_ca: "{ca}"
+secrets:
+  github: {{ provider: file, ref: "secret/data/prod/github", hosts: ["api.kz.test:{port}"] }}
+  shown: {{ provider: file, ref: "secret/data/prod/shown", hosts: ["api.kz.test:{port}"] }}
+policies:
+- match: "secret/data/prod/**"
+  rules:
+  - cel: "identity.service == 'pipeline'"
+    effect: allow
+  - cel: "identity.service == 'pipeline' && secret.name == 'shown'"
+    effect: reveal
+"#,
+            ca = fixture("tls/ca.pem").display(),
+            port = up.port
+        ),
+    );
+    (sb, up)
+}
+
+fn stdio(sb: &Sandbox, service: &str, script: Value) -> Value {
+    let path = sb.write("script.json", &script.to_string());
+    let out = std::process::Command::new(python())
+        .arg(fixture("mcp_client.py"))
+        .arg("stdio")
+        .arg(&path)
+        .arg("--")
+        .arg(kz_bin())
+        .args(["mcp", "--bundle", "bundle.yaml"])
+        .current_dir(sb.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", sb.home())
+        .env("KZ_JWT_SECRET", SECRET)
+        .env("KZ_IDENTITY_TOKEN", token(service))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every call is decided and logged (on stderr: stdout is the MCP channel), never a value.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("\"event\":\"decision\""), "{log}");
+    assert!(!log.contains(REAL) && !log.contains("eyJ"), "{log}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn stdio_tools_for_an_allowed_identity() {
+    let (sb, up) = setup();
+    let url = format!("https://api.kz.test:{}/echo", up.port);
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "list_secrets"},
+            {"tool": "resolve", "args": {"ref": "github"}},
+            {"tool": "resolve", "args": {"ref": "shown"}},
+            {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("{url}?x=1"), "auth": {"ref": "github", "scheme": "query", "name": "key"}}}
+        ]),
+    );
+    let names: Vec<&str> = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["list_secrets", "resolve", "fetch"]);
+    assert_eq!(v["tools"][0]["annotations"]["readOnlyHint"], true);
+    assert_eq!(v["tools"][1]["annotations"]["readOnlyHint"], true);
+    assert_eq!(v["tools"][2]["annotations"]["openWorldHint"], true);
+    assert!(v["tools"][2]["input_schema"]["properties"]["auth"].is_object());
+    let calls = v["calls"].as_array().unwrap();
+    let secrets = &calls[0]["structured"]["secrets"];
+    assert_eq!(secrets.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(calls[1]["structured"]["allowed"], true);
+    assert!(
+        calls[1]["structured"].get("value").is_none(),
+        "no value without reveal"
+    );
+    assert_eq!(
+        calls[2]["structured"]["value"], "revealed-value-123",
+        "reveal rule"
+    );
+    assert_eq!(calls[3]["is_error"], false, "{}", calls[3]);
+    assert_eq!(calls[3]["structured"]["status"], 200);
+    let reqs = up.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.header("authorization") == Some(format!("Bearer {REAL}").as_str())),
+        "upstream got the value"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.target.ends_with(&format!("key={REAL}"))),
+        "query scheme"
+    );
+    // The upstream echoed the credential; no tool result carries it.
+    let all = v.to_string();
+    assert!(
+        !all.contains(REAL),
+        "a tool result leaked the credential: {all}"
+    );
+    assert!(
+        calls[3]["text"].as_str().unwrap().contains("concealed"),
+        "{}",
+        calls[3]
+    );
+}
+
+#[test]
+fn stdio_denied_identity_and_fetch_attacks() {
+    let (sb, up) = setup();
+    let url = format!("https://api.kz.test:{}/echo", up.port);
+    let v = stdio(
+        &sb,
+        "support",
+        json!([
+            {"tool": "list_secrets"},
+            {"tool": "resolve", "args": {"ref": "github"}},
+            {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    let calls = v["calls"].as_array().unwrap();
+    assert_eq!(
+        calls[0]["structured"]["secrets"],
+        json!([]),
+        "the list depends on policy"
+    );
+    assert_eq!(calls[1]["structured"]["allowed"], false);
+    assert_eq!(calls[2]["is_error"], true);
+    assert!(
+        calls[2]["text"].as_str().unwrap().contains("denied"),
+        "{}",
+        calls[2]
+    );
+    let other = format!("https://other.kz.test:{}/echo", up.port);
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": other, "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": url, "headers": {"Authorization": "Bearer x"}, "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("https://user:pw@api.kz.test:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("http://api.kz.test:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    for (i, want) in [
+        "may not be sent to other.kz.test",
+        "header Authorization is refused",
+        "credentials in the url",
+        "only makes https",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let c = &v["calls"][i];
+        assert_eq!(c["is_error"], true, "{c}");
+        assert!(c["text"].as_str().unwrap().contains(want), "{want}: {c}");
+    }
+    assert!(up.requests().is_empty(), "no attack reached the upstream");
+}
+
+#[test]
+fn streamable_http_with_bearer_identities() {
+    use std::io::{BufRead, BufReader};
+    let (sb, up) = setup();
+    let port = crate::util::free_port();
+    let mut server = sb
+        .kz()
+        .env("KZ_JWT_SECRET", SECRET)
+        .args([
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mcp",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let url = format!("https://api.kz.test:{}/echo", up.port);
+    let script = sb.write(
+        "http-script.json",
+        &json!([
+            {"tool": "list_secrets"},
+            {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "header", "name": "X-Api-Key"}}}
+        ])
+        .to_string(),
+    );
+    let call = |service: &str| {
+        let out = std::process::Command::new(python())
+            .arg(fixture("mcp_client.py"))
+            .args([
+                "http",
+                &format!("http://127.0.0.1:{port}/mcp"),
+                &token(service),
+            ])
+            .arg(&script)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = call("pipeline");
+    assert!(ok, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["calls"][0]["structured"]["secrets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(v["calls"][1]["structured"]["status"], 200, "{v}");
+    assert!(up
+        .requests()
+        .iter()
+        .any(|r| r.header("x-api-key") == Some(REAL)));
+    assert!(!out.contains(REAL), "{out}");
+    let (ok, out, err) = call("support");
+    assert!(ok, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["calls"][0]["structured"]["secrets"], json!([]));
+    assert_eq!(v["calls"][1]["is_error"], true);
+    // A bad token never reaches MCP.
+    let status = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "authorization: Bearer nope",
+            &format!("http://127.0.0.1:{port}/mcp"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "401");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn fetch_follows_no_redirect_caps_size_and_refuses_private_addresses() {
+    let (sb, up) = setup();
+    let base = format!("https://api.kz.test:{}", up.port);
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": format!("{base}/redirect"), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("{base}/big"), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    let redirect = &v["calls"][0]["structured"];
+    assert_eq!(redirect["status"], 302, "{v}");
+    assert!(redirect["location"]
+        .as_str()
+        .unwrap()
+        .contains("other.kz.test"));
+    assert!(
+        !up.requests().iter().any(|r| r.target == "/stolen"),
+        "the redirect was not followed"
+    );
+    let big = &v["calls"][1]["structured"];
+    assert_eq!(big["truncated"], true);
+    assert!(big["body"].as_str().unwrap().len() <= 1 << 20);
+    // The same bundle without allow_private: loopback upstreams are refused.
+    let text = std::fs::read_to_string(sb.path().join("bundle.yaml")).unwrap();
+    std::fs::write(
+        sb.path().join("bundle.yaml"),
+        text.replace("allow_private: true", "allow_private: false"),
+    )
+    .unwrap();
+    let before = up.requests().len();
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": format!("{base}/echo"), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    assert_eq!(v["calls"][0]["is_error"], true, "{v}");
+    assert!(
+        v["calls"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("non-public address"),
+        "{v}"
+    );
+    assert_eq!(up.requests().len(), before);
+}
