@@ -66,12 +66,29 @@ fn tools() -> Vec<Tool> {
         schema(json!({"type": "object", "properties": {}})),
     );
     list_secrets.annotations = Some(read_only());
+    list_secrets.output_schema = Some(schema(json!({
+        "type": "object",
+        "properties": {"secrets": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "hosts": {"type": "array", "items": {"type": "string"}}, "revealable": {"type": "boolean"}
+        }}}},
+        "required": ["secrets"]
+    })));
     let mut resolve = Tool::new(
         "resolve",
         "Check access to a secret (bundle name or ref). Returns allowed, a handle for fetch and the bound hosts; the value only where policy says reveal.",
         schema(json!({"type": "object", "properties": {"ref": {"type": "string", "description": "bundle secret name or provider ref"}}, "required": ["ref"]})),
     );
     resolve.annotations = Some(read_only());
+    resolve.output_schema = Some(schema(json!({
+        "type": "object",
+        "properties": {
+            "allowed": {"type": "boolean"},
+            "handle": {"type": ["string", "null"]},
+            "hosts": {"type": "array", "items": {"type": "string"}},
+            "value": {"type": "string"}
+        },
+        "required": ["allowed", "handle", "hosts"]
+    })));
     let mut fetch = Tool::new(
         "fetch",
         "Make an HTTPS request with a secret injected by kz (never shown to you). Only to a host the secret is bound to.",
@@ -98,6 +115,17 @@ fn tools() -> Vec<Tool> {
     let mut open = ToolAnnotations::new();
     open.open_world_hint = Some(true);
     fetch.annotations = Some(open);
+    fetch.output_schema = Some(schema(json!({
+        "type": "object",
+        "properties": {
+            "status": {"type": "integer"},
+            "content_type": {"type": "string"},
+            "body": {"type": "string"},
+            "truncated": {"type": "boolean"},
+            "location": {"type": "string"}
+        },
+        "required": ["status", "content_type", "body", "truncated"]
+    })));
     vec![list_secrets, resolve, fetch]
 }
 
@@ -173,7 +201,19 @@ impl KzMcp {
             return tool_error("resolve needs ref: a secret name from list_secrets");
         };
         let Some(s) = self.secret_by_name(r) else {
-            return tool_ok(json!({"allowed": false, "handle": Value::Null, "hosts": []}));
+            // A provider ref rather than a bundle name: decided as such, never revealed here.
+            let d = self.engine.decide(
+                &self.claims,
+                &Subject {
+                    reference: r,
+                    provider: None,
+                    name: None,
+                    action: "resolve",
+                },
+            );
+            return tool_ok(
+                json!({"allowed": d.allowed, "handle": if d.allowed { Value::from(r) } else { Value::Null }, "hosts": []}),
+            );
         };
         let d = self.decide(s, "resolve");
         let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();

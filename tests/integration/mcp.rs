@@ -102,6 +102,7 @@ fn stdio_tools_for_an_allowed_identity() {
             {"tool": "list_secrets"},
             {"tool": "resolve", "args": {"ref": "github"}},
             {"tool": "resolve", "args": {"ref": "shown"}},
+            {"tool": "resolve", "args": {"ref": "secret/data/prod/anything"}},
             {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "bearer"}}},
             {"tool": "fetch", "args": {"url": format!("{url}?x=1"), "auth": {"ref": "github", "scheme": "query", "name": "key"}}}
         ]),
@@ -117,6 +118,9 @@ fn stdio_tools_for_an_allowed_identity() {
     assert_eq!(v["tools"][1]["annotations"]["readOnlyHint"], true);
     assert_eq!(v["tools"][2]["annotations"]["openWorldHint"], true);
     assert!(v["tools"][2]["input_schema"]["properties"]["auth"].is_object());
+    for t in v["tools"].as_array().unwrap() {
+        assert!(t["output_schema"]["properties"].is_object(), "{t}");
+    }
     let calls = v["calls"].as_array().unwrap();
     let secrets = &calls[0]["structured"]["secrets"];
     assert_eq!(secrets.as_array().unwrap().len(), 2, "{v}");
@@ -129,6 +133,11 @@ fn stdio_tools_for_an_allowed_identity() {
         calls[2]["structured"]["value"], "revealed-value-123",
         "reveal rule"
     );
+    assert_eq!(
+        calls[3]["structured"],
+        json!({"allowed": true, "handle": "secret/data/prod/anything", "hosts": []})
+    );
+    let calls = &calls[1..];
     assert_eq!(calls[3]["is_error"], false, "{}", calls[3]);
     assert_eq!(calls[3]["structured"]["status"], 200);
     let reqs = up.requests();
