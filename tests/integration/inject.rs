@@ -181,31 +181,12 @@ fn pods_that_would_defeat_the_rules_are_refused() {
 
 #[test]
 fn the_server_serves_the_webhook() {
-    use std::io::{BufRead, BufReader};
     let sb = crate::util::Sandbox::new();
     sb.write("bundle.yaml", "identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: KZ_JWT_SECRET\n");
-    let port = crate::util::free_port();
-    let mut child = sb
-        .kz()
-        .env("KZ_JWT_SECRET", "x")
-        .args([
-            "server",
-            "start",
-            "--bundle",
-            "bundle.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--inject-image",
-            "keyzero/kz:1",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", "x")
+        .stdout(std::process::Stdio::null());
+    let (mut child, port) = crate::util::start_kz_server(cmd, &["--inject-image", "keyzero/kz:1"]);
     let out = std::process::Command::new("curl")
         .args([
             "-sS",

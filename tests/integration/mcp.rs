@@ -219,30 +219,11 @@ fn stdio_denied_identity_and_fetch_attacks() {
 
 #[test]
 fn streamable_http_with_bearer_identities() {
-    use std::io::{BufRead, BufReader};
     let (sb, up) = setup();
-    let port = crate::util::free_port();
-    let mut server = sb
-        .kz()
-        .env("KZ_JWT_SECRET", SECRET)
-        .args([
-            "server",
-            "start",
-            "--bundle",
-            "bundle.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--mcp",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "{line}");
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null());
+    let (mut server, port) = crate::util::start_kz_server(cmd, &["--mcp"]);
     let url = format!("https://api.kz.test:{}/echo", up.port);
     let script = sb.write(
         "http-script.json",

@@ -115,28 +115,11 @@ fn start() -> Pdp {
             &format!("http://127.0.0.1:{jwks_port}/jwks.json"),
         ),
     );
-    let port = crate::util::free_port();
-    let mut child = sb
-        .kz()
-        .env("KZ_JWT_SECRET", JWT_SECRET)
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", JWT_SECRET)
         .env("VAULT_TOKEN", "pdp-token")
-        .args([
-            "server",
-            "start",
-            "--bundle",
-            "bundle.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "server did not start: {line}");
-    std::thread::spawn(move || for _ in err.lines() {});
+        .stdout(Stdio::piped());
+    let (mut child, port) = crate::util::start_kz_server(cmd, &[]);
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = BufReader::new(child.stdout.take().unwrap());
     let sink = log.clone();
@@ -631,33 +614,20 @@ fn policy_tooling() {
 fn tls_and_team_mode_over_https() {
     let pdp = start();
     // A second server on the same bundle, with TLS.
-    let port = crate::util::free_port();
-    let mut tls = pdp
-        .sb
-        .kz()
-        .env("KZ_JWT_SECRET", JWT_SECRET)
+    let mut cmd = pdp.sb.kz();
+    cmd.env("KZ_JWT_SECRET", JWT_SECRET)
         .env("VAULT_TOKEN", "pdp-token")
-        .args([
-            "server",
-            "start",
-            "--bundle",
-            "bundle.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--tls-cert")
-        .arg(fixture("tls/server.pem"))
-        .arg("--tls-key")
-        .arg(fixture("tls/server.key"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(tls.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("https://"), "{line}");
+        .stdout(Stdio::null());
+    let (cert, key) = (fixture("tls/server.pem"), fixture("tls/server.key"));
+    let (mut tls, port) = crate::util::start_kz_server(
+        cmd,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let sb = Sandbox::new();
     sb.config(&format!(
         "[secrets]\nGH = {{ provider = \"vault\", ref = \"secret/data/prod/github/token\" }}\n[server]\nurl = \"https://localhost:{port}\"\n"

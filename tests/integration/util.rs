@@ -224,3 +224,27 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Starts `kz server start --bundle bundle.yaml --listen 127.0.0.1:<free port>` from `cmd` (a
+/// `Sandbox::kz()` with its environment set; stdout as the caller chose, else discarded) plus
+/// `extra` arguments, waits for the "listening" line and keeps draining stderr.
+pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Child, u16) {
+    let port = free_port();
+    cmd.args([
+        "server",
+        "start",
+        "--bundle",
+        "bundle.yaml",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(extra)
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "server did not start: {line}");
+    std::thread::spawn(move || for _ in err.lines() {});
+    (child, port)
+}
