@@ -147,6 +147,28 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
     r
 }
 
+/// Reads a JSON request body of at most `limit` bytes.
+async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Response<Body>> {
+    let body = match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "body too large"}),
+            ))
+        }
+    };
+    serde_json::from_slice(&body).map_err(|_| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "bad_request", "message": "body is not json"}),
+        )
+    })
+}
+
 fn unauthorized(reason: &str) -> Response<Body> {
     let mut r = json_response(
         StatusCode::UNAUTHORIZED,
@@ -229,6 +251,26 @@ impl Server {
 
     fn engine(&self) -> Option<Arc<Engine>> {
         self.engine.read().unwrap().clone()
+    }
+
+    /// The loaded engine and the caller's verified claims, or the response refusing the call.
+    async fn identify(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(Arc<Engine>, Map<String, Value>), Response<Body>> {
+        let Some(engine) = self.engine() else {
+            return Err(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "loading"}),
+            ));
+        };
+        match self.authenticate(&engine, req).await {
+            Ok(c) => Ok((engine, c)),
+            Err(reason) => {
+                self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                Err(unauthorized(&reason))
+            }
+        }
     }
 
     async fn authenticate(
@@ -327,39 +369,15 @@ impl Server {
                         json!({"error": "injector not configured"}),
                     );
                 };
-                let body = match http_body_util::Limited::new(req.into_body(), 4 << 20)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        return json_response(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            json!({"error": "body too large"}),
-                        )
-                    }
-                };
-                return match serde_json::from_slice::<Value>(&body) {
+                return match read_json(req, 4 << 20).await {
                     Ok(v) => json_response(StatusCode::OK, inject::review(&v, &cfg)),
-                    Err(_) => json_response(
-                        StatusCode::BAD_REQUEST,
-                        json!({"error": "not an AdmissionReview"}),
-                    ),
+                    Err(r) => r,
                 };
             }
             (_, "/mcp") if self.mcp.get().is_some() => {
-                let Some(engine) = self.engine() else {
-                    return json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"error": "loading"}),
-                    );
-                };
-                let claims = match self.authenticate(&engine, &req).await {
-                    Ok(c) => c,
-                    Err(reason) => {
-                        self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-                        return unauthorized(&reason);
-                    }
+                let claims = match self.identify(&req).await {
+                    Ok((_, c)) => c,
+                    Err(r) => return r,
                 };
                 let mut req = req;
                 req.extensions_mut().insert(mcp::McpIdentity(claims));
@@ -368,34 +386,14 @@ impl Server {
             (&Method::POST, "/v1/decide") | (&Method::POST, "/v1/resolve") => {}
             _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
         }
-        let Some(engine) = self.engine() else {
-            return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "loading"}));
-        };
-        let claims = match self.authenticate(&engine, &req).await {
-            Ok(c) => c,
-            Err(reason) => {
-                self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-                return unauthorized(&reason);
-            }
+        let (engine, claims) = match self.identify(&req).await {
+            Ok(x) => x,
+            Err(r) => return r,
         };
         let path = req.uri().path().to_string();
-        let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return json_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    json!({"error": "body too large"}),
-                )
-            }
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "bad_request", "message": "body is not json"}),
-            );
+        let v = match read_json(req, 1 << 20).await {
+            Ok(v) => v,
+            Err(r) => return r,
         };
         if path == "/v1/decide" {
             let Some(r) = v.get("ref").and_then(Value::as_str) else {
