@@ -9,15 +9,33 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
+/// Rewrites a finished line before it is written (blind mode: real values and tokens become
+/// `{NAME}`).
+pub type LineFilter = Box<dyn Fn(&str) -> String + Send + Sync>;
+
 /// An open audit log, or a no-op when auditing is off.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Audit {
     file: Option<Mutex<File>>,
+    filter: std::sync::OnceLock<LineFilter>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("enabled", &self.file.is_some())
+            .finish()
+    }
 }
 
 impl Audit {
     pub fn disabled() -> Self {
-        Audit { file: None }
+        Audit::default()
+    }
+
+    /// Every line from now on passes through `filter` (set once; later calls are ignored).
+    pub fn set_filter(&self, filter: LineFilter) {
+        let _ = self.filter.set(filter);
     }
 
     pub fn open(path: &Path) -> Result<Self, String> {
@@ -35,6 +53,7 @@ impl Audit {
             })?;
         Ok(Audit {
             file: Some(Mutex::new(file)),
+            filter: std::sync::OnceLock::new(),
         })
     }
 
@@ -51,6 +70,9 @@ impl Audit {
         obj.insert("event".into(), event.into());
         obj.extend(fields);
         let mut line = Value::Object(obj).to_string();
+        if let Some(filter) = self.filter.get() {
+            line = filter(&line);
+        }
         line.push('\n');
         // One write call per line, so concurrent writers with O_APPEND never interleave.
         let mut f = file.lock().unwrap_or_else(|e| e.into_inner());

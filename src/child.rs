@@ -29,6 +29,18 @@ pub struct ChildSpec {
     pub remove: Vec<String>,
     /// Values to conceal in output, when masking is on.
     pub mask: Option<Arc<MaskSet>>,
+    /// Privileges and identity of the child.
+    pub limits: Limits,
+}
+
+/// How much the child may hold. It always dies with kz (parent-death signal, also when kz is
+/// killed with `SIGKILL`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// No capabilities at all (empty bounding set, `no_new_privs`): blind modes.
+    pub drop_caps: bool,
+    /// Run as this uid and gid (kz running as root).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Why the child could not be started, with the exit code kz reports.
@@ -56,7 +68,16 @@ pub async fn run(spec: ChildSpec) -> Result<u8, SpawnError> {
         message: "no command given".into(),
     })?;
     let shown = program.to_string_lossy().to_string();
-    let mut cmd = tokio::process::Command::new(&program);
+    let mut std_cmd = std::process::Command::new(&program);
+    #[cfg(target_os = "linux")]
+    kz_netns::contain::confine(
+        &mut std_cmd,
+        kz_netns::contain::ChildLimits {
+            drop_caps: spec.limits.drop_caps,
+            run_as: spec.limits.run_as,
+        },
+    );
+    let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.args(&spec.command[1..]);
     for k in &spec.remove {
         cmd.env_remove(k);

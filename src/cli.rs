@@ -93,9 +93,13 @@ pub struct RunArgs {
     /// Do not conceal secret values in the command's output
     #[arg(long)]
     pub no_mask: bool,
-    /// With --isolate, as root: run the command as UID[:GID] (a container's agent user)
-    #[arg(long, value_name = "UID[:GID]", requires = "isolate")]
+    /// With --blind, as root: run the command as UID[:GID] (a container's agent user)
+    #[arg(long, value_name = "UID[:GID]", requires = "blind")]
     pub user: Option<String>,
+    /// With --blind: do not print the note that, without --isolate, the agent can read this
+    /// user's files
+    #[arg(long, short = 'q', requires = "blind")]
+    pub quiet: bool,
     /// Append JSON audit lines to FILE (overrides [audit] path)
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,

@@ -1,8 +1,11 @@
 //! Linux-only privileged code for `kz run --isolate` and the Kubernetes sidecar: the only crate
 //! of KeyZero allowed to contain `unsafe`.
 //!
-//! `rules` generates the redirect rules (pure); `sandbox` is the helper side of `--isolate`.
+//! `rules` generates the redirect rules (pure); `sandbox` is the helper side of `--isolate`;
+//! `contain` keeps kz itself out of its child's reach.
 
+#[cfg(target_os = "linux")]
+pub mod contain;
 pub mod rules;
 #[cfg(target_os = "linux")]
 pub mod sandbox;

@@ -2,8 +2,10 @@
 //! new network and mount namespaces (and a user namespace when not root, mapping the invoking
 //! user to itself), configures loopback and default routes over netlink, applies the redirect
 //! rules, creates the listeners and hands them to the supervising kz over a Unix socket, hides
-//! the host's resolver and trust store behind private copies, drops every capability, sets
-//! `no_new_privs`, and finally becomes the agent with `exec`.
+//! the host's resolver and trust store behind private copies, makes `/tmp` and the user's
+//! runtime directory private, hides credential files, starts the namespace's init (pid 1 of a
+//! new PID namespace, so the agent and everything it starts die with kz), drops every
+//! capability, sets `no_new_privs`, and finally becomes the agent with `exec`.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -58,6 +60,9 @@ pub fn enter(rootless: bool, uid: u32, gid: u32) -> Result<(), NetnsError> {
         write("uid_map", &format!("{uid} {uid} 1\n"))?;
         write("gid_map", &format!("{gid} {gid} 1\n"))?;
     }
+    // From here on a same-uid process cannot read or trace the helper (the maps above needed
+    // it dumpable).
+    nix::sys::prctl::set_dumpable(false).map_err(|e| err("making the helper non-dumpable", e))?;
     // Mounts made from here on stay inside this namespace.
     mount(
         None::<&str>,
@@ -294,6 +299,7 @@ pub fn drop_and_exec(
     run_as: Option<(u32, u32)>,
 ) -> NetnsError {
     use caps::CapSet;
+    crate::contain::drop_bounding_set();
     if let Some((uid, gid)) = run_as {
         use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
         if let Err(e) = setgroups(&[])
@@ -302,6 +308,10 @@ pub fn drop_and_exec(
         {
             return err(&format!("switching to uid {uid} gid {gid}"), e);
         }
+    }
+    // The namespace's init is the parent; a uid change cleared the signal, so arm it again.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        return err("arming the parent-death signal", e);
     }
     for set in [
         CapSet::Ambient,
@@ -326,4 +336,246 @@ pub fn drop_and_exec(
     }
     let e = cmd.exec();
     NetnsError::Exec(program.to_string_lossy().into_owned(), e)
+}
+
+/// A directory made private: an empty tmpfs with this mode (and owner) over it.
+pub struct PrivateDir {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub owner: Option<(u32, u32)>,
+}
+
+/// A path kept visible at the same place after the mounts below (the working directory, the
+/// CA files), opened before anything is mounted over it.
+struct Kept {
+    path: PathBuf,
+    fd: std::fs::File,
+    dir: bool,
+}
+
+fn open_path(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_CLOEXEC)
+        .open(p)
+}
+
+fn mount_tmpfs(path: &Path, options: &str, readonly: bool) -> Result<(), NetnsError> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC;
+    }
+    mount(Some("tmpfs"), path, Some("tmpfs"), flags, Some(options)).map_err(|e| {
+        err(
+            &format!("mounting an empty tmpfs over {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Makes `dirs` private (each an empty tmpfs), hides `hide` (an empty read-only tmpfs over a
+/// directory, `/dev/null` over anything else), and then puts each of `keep` back at its path,
+/// so the working directory stays visible even under `/tmp`. Paths that do not exist are left
+/// alone. Returns the paths actually hidden.
+pub fn conceal(
+    dirs: &[PrivateDir],
+    hide: &[PathBuf],
+    keep: &[PathBuf],
+) -> Result<Vec<PathBuf>, NetnsError> {
+    let mut kept = Vec::new();
+    for p in keep {
+        let Ok(meta) = std::fs::metadata(p) else {
+            continue;
+        };
+        let path =
+            std::fs::canonicalize(p).map_err(|e| err(&format!("resolving {}", p.display()), e))?;
+        let fd = open_path(&path).map_err(|e| err(&format!("opening {}", path.display()), e))?;
+        kept.push(Kept {
+            path,
+            fd,
+            dir: meta.is_dir(),
+        });
+    }
+    for d in dirs {
+        let Ok(path) = std::fs::canonicalize(&d.path) else {
+            continue;
+        };
+        let mut options = format!("mode={:o}", d.mode);
+        if let Some((u, g)) = d.owner {
+            options.push_str(&format!(",uid={u},gid={g}"));
+        }
+        mount_tmpfs(&path, &options, false)?;
+    }
+    let put_back = |k: &Kept| -> Result<(), NetnsError> {
+        let present = if k.dir {
+            std::fs::create_dir_all(&k.path)
+        } else {
+            k.path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&k.path)
+                        .map(drop)
+                })
+        };
+        present.map_err(|e| err(&format!("keeping {} visible", k.path.display()), e))?;
+        let src = format!("/proc/self/fd/{}", k.fd.as_raw_fd());
+        mount(
+            Some(src.as_str()),
+            &k.path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| err(&format!("keeping {} visible", k.path.display()), e))
+    };
+    // What the private directories covered comes back first, so that hiding applies inside
+    // the working directory too.
+    for k in &kept {
+        if dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(&d.path).is_ok_and(|d| k.path.starts_with(d)))
+        {
+            put_back(k)?;
+        }
+    }
+    let mut hidden = Vec::new();
+    for p in hide {
+        let Ok(path) = std::fs::canonicalize(p) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            // Writable only when something kept must get a mount point inside it.
+            let holds_kept = kept.iter().any(|k| k.path.starts_with(&path));
+            mount_tmpfs(&path, "mode=755,size=64k", !holds_kept)?;
+        } else {
+            mount(
+                Some("/dev/null"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| err(&format!("hiding {}", path.display()), e))?;
+        }
+        hidden.push(path);
+    }
+    // Kept files (the CA bundle) inside a hidden directory are put back once more.
+    for k in kept.iter().filter(|k| !k.dir) {
+        if hidden.iter().any(|h| k.path.starts_with(h) && *h != k.path) {
+            put_back(k)?;
+        }
+    }
+    // The working directory is looked up again so that it names the mount now at its path.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = std::env::set_current_dir(cwd);
+    }
+    Ok(hidden)
+}
+
+/// Signals the helper and the init pass on to their child (as `kz run` does).
+const FORWARDED: [nix::sys::signal::Signal; 6] = [
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+fn supervised_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    set
+}
+
+/// Waits for `child`, passing on signals that another process sent (a terminal's signals reach
+/// the whole process group already) and reaping every other process that ends; returns the
+/// shell-style status of `child`.
+fn supervise(child: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let set = supervised_set();
+    loop {
+        // SAFETY: `info` is a plain C struct the kernel fills in; the set lives on the stack.
+        let (signo, code) = unsafe {
+            let mut info: nix::libc::siginfo_t = std::mem::zeroed();
+            let n = nix::libc::sigwaitinfo(set.as_ref(), &mut info);
+            (n, info.si_code)
+        };
+        if signo < 0 {
+            continue;
+        }
+        if signo == nix::libc::SIGCHLD {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, c)) if pid == child => return c,
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => return 128 + s as i32,
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        } else if code <= 0 {
+            // SI_USER, SI_QUEUE, SI_TKILL: sent by a process (kz), not by the terminal.
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(signo) {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+        }
+    }
+}
+
+/// Starts the PID namespace's init and, under it, the agent's process. Returns only in the
+/// agent's process (which then calls `drop_and_exec`). The helper waits for the init and exits
+/// with its status; the init mounts a `/proc` of the new namespace, waits for the agent and
+/// exits with its status, taking every process the agent left behind with it. Both die with
+/// their parent, so a `SIGKILL`ed kz takes the whole namespace down.
+pub fn start_init() -> Result<(), NetnsError> {
+    use nix::sys::signal::{sigprocmask, SigmaskHow};
+    use nix::unistd::{fork, ForkResult};
+    // Only now: the first child after this call is the namespace's pid 1, and the rule tools
+    // run earlier must not be it.
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| err("unshare(pid)", e))?;
+    let set = supervised_set();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| err("blocking signals", e))?;
+    // SAFETY: the helper is single-threaded (a fresh exec of kz that started no threads), so
+    // the child may run any code after fork.
+    match unsafe { fork() }.map_err(|e| err("starting the namespace's init", e))? {
+        ForkResult::Parent { child } => std::process::exit(supervise(child)),
+        ForkResult::Child => {}
+    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| err("arming the parent-death signal", e))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| err("mounting /proc for the new pid namespace", e))?;
+    // SAFETY: still single-threaded, as above.
+    match unsafe { fork() }.map_err(|e| err("starting the agent", e))? {
+        ForkResult::Parent { child } => {
+            // The init keeps no privilege the agent could borrow.
+            let _ = caps::clear(None, caps::CapSet::Effective);
+            let _ = caps::clear(None, caps::CapSet::Permitted);
+            std::process::exit(supervise(child))
+        }
+        ForkResult::Child => {
+            sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)
+                .map_err(|e| err("unblocking signals", e))?;
+            Ok(())
+        }
+    }
 }

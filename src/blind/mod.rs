@@ -76,6 +76,8 @@ pub struct HostSwap {
 pub struct TokenTable {
     pub secrets: Vec<BlindSecret>,
     scrub: Option<Arc<PatternSet>>,
+    /// Tokens to `{NAME}`, for audit lines.
+    redact: Option<Arc<PatternSet>>,
     hosts: Mutex<HashMap<(String, u16), Arc<HostSwap>>>,
 }
 
@@ -134,8 +136,30 @@ impl TokenTable {
                 }
             }
         }
+        // Host names reach the audit log lower-cased; a token is named in any of these cases.
+        let redact = PatternSet::new(
+            secrets
+                .iter()
+                .flat_map(|s| {
+                    let name = format!("{{{}}}", s.name);
+                    [
+                        s.token.clone(),
+                        s.token.to_ascii_lowercase(),
+                        s.token.to_ascii_uppercase(),
+                    ]
+                    .into_iter()
+                    .map(move |t| {
+                        (
+                            Zeroizing::new(t.into_bytes()),
+                            Some(Zeroizing::new(name.clone().into_bytes())),
+                        )
+                    })
+                })
+                .collect(),
+        );
         TokenTable {
             scrub: PatternSet::new(scrub),
+            redact,
             secrets,
             hosts: Mutex::new(HashMap::new()),
         }
@@ -198,6 +222,24 @@ impl TokenTable {
         });
         self.hosts.lock().unwrap().insert(key, swap.clone());
         swap
+    }
+
+    /// `text` as the agent sent it, with every token replaced by `{NAME}`: what audit lines
+    /// record (never a value, never a token).
+    pub fn redact(&self, text: &str) -> String {
+        match self.redact.as_ref().map(|r| r.replace_all(text.as_bytes())) {
+            Some(Ok(Some(v))) => String::from_utf8_lossy(&v).into_owned(),
+            _ => text.to_string(),
+        }
+    }
+
+    /// `text` with every real value (in any scrubbed form) and every token as `{NAME}`.
+    pub fn conceal(&self, text: &str) -> String {
+        let scrubbed = match self.scrub.as_ref().map(|s| s.replace_all(text.as_bytes())) {
+            Some(Ok(Some(v))) => String::from_utf8_lossy(&v).into_owned(),
+            _ => text.to_string(),
+        };
+        self.redact(&scrubbed)
     }
 
     /// Real values (and encoded forms) back to tokens, for responses.

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Failure, Outcome, EXIT_KZ};
 use crate::child::{self, ChildSpec};
+use crate::config::Config;
+use crate::env::Env;
 use crate::mask::MaskSet;
 use crate::proxy::session::Session;
 use crate::proxy::transparent::{self, NameMap, NAMESERVER};
@@ -33,6 +35,22 @@ struct Spec {
     command: Vec<String>,
     /// Run the command as this uid and gid (kz running as root).
     run_as: Option<(u32, u32)>,
+    /// Credential files and directories to hide inside the namespace.
+    hide: Vec<PathBuf>,
+    /// Directories made private (each an empty tmpfs): `/tmp`, the user's runtime directory.
+    private: Vec<PrivateDir>,
+    /// Paths that stay visible whatever is mounted above them.
+    keep: Vec<PathBuf>,
+    /// The supervising kz, whose death ends the namespace.
+    parent: u32,
+}
+
+/// A directory the helper makes private (an empty tmpfs with this mode and owner).
+#[derive(Serialize, Deserialize)]
+struct PrivateDir {
+    path: PathBuf,
+    mode: u32,
+    owner: Option<(u32, u32)>,
 }
 
 /// The helper: enter the namespaces, set them up, hand over the listeners, become the agent.
@@ -73,13 +91,25 @@ pub fn helper() -> Outcome {
                 sandbox::bind_over(&spec.dir.join("ca-bundle.pem"), Path::new(p))?;
             }
         }
+        let private: Vec<sandbox::PrivateDir> = spec
+            .private
+            .iter()
+            .map(|d| sandbox::PrivateDir {
+                path: d.path.clone(),
+                mode: d.mode,
+                owner: d.owner,
+            })
+            .collect();
+        sandbox::conceal(&private, &spec.hide, &spec.keep)?;
+        kz_netns::contain::rearm_parent_death(spec.parent)?;
+        sandbox::start_init()?;
         Ok(())
     };
     if let Err(e) = setup() {
         return Err(Failure::new(EXIT_KZ, e.to_string()));
     }
     let command: Vec<OsString> = spec.command.iter().map(OsString::from).collect();
-    match sandbox::drop_and_exec(&command, &[SPEC_VAR], spec.run_as) {
+    match sandbox::drop_and_exec(&command, &[SPEC_VAR, "SSH_AUTH_SOCK"], spec.run_as) {
         kz_netns::NetnsError::Exec(program, e) => {
             let (code, why) = match e.kind() {
                 std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
@@ -94,7 +124,63 @@ pub fn helper() -> Outcome {
     }
 }
 
+/// What the namespace hides: kz's local store and key, the usual credential files of the user
+/// (or of `--user`'s home), every `file` source and token file the config names, the audit log,
+/// and `[isolate] hide`, minus `[isolate] expose`.
+pub fn hidden_paths(cfg: &Config, audit: Option<&Path>, env: &dyn Env) -> Vec<PathBuf> {
+    let home = env.home();
+    let mut out: Vec<PathBuf> = Vec::new();
+    if let Ok(paths) = crate::provider::local::StorePaths::resolve(&cfg.providers.local, None, env)
+    {
+        for f in [paths.store, paths.key_file] {
+            if let Some(d) = f.parent().filter(|d| d.ends_with("keyzero")) {
+                out.push(d.to_path_buf());
+            }
+            out.push(f);
+        }
+    }
+    if let Some(h) = &home {
+        for rel in DEFAULT_HIDDEN {
+            out.push(h.join(rel));
+        }
+    }
+    out.extend(SYSTEM_HIDDEN.iter().map(PathBuf::from));
+    out.extend(cfg.credential_files());
+    out.extend(audit.map(Path::to_path_buf));
+    let expand = |p: &str| match (p.strip_prefix("~/"), &home) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => PathBuf::from(p),
+    };
+    out.extend(cfg.isolate.hide.iter().map(|p| expand(p)));
+    let expose: Vec<PathBuf> = cfg.isolate.expose.iter().map(|p| expand(p)).collect();
+    out.retain(|p| !expose.iter().any(|e| p.starts_with(e)));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Credential files under the home directory that every isolated run hides.
+pub const DEFAULT_HIDDEN: [&str; 9] = [
+    ".vault-token",
+    ".aws",
+    ".config/op",
+    ".op",
+    ".docker/config.json",
+    ".netrc",
+    ".git-credentials",
+    ".kube",
+    ".config/gh/hosts.yml",
+];
+
+/// Host sockets outside `/tmp` and the runtime directory that would let the agent out.
+const SYSTEM_HIDDEN: [&str; 3] = [
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+];
+
 /// Runs `command` isolated, with the blind-mode `session` behind the transparent listener.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     session: Session,
     command: Vec<OsString>,
@@ -102,6 +188,7 @@ pub async fn run(
     remove: Vec<String>,
     mask: Option<Arc<MaskSet>>,
     run_as: Option<(u32, u32)>,
+    hide: Vec<PathBuf>,
 ) -> Result<u8, Failure> {
     if !kz_netns::supported() {
         return Err(Failure::new(
@@ -136,25 +223,35 @@ pub async fn run(
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: {e}")))?;
     let uid = nix::unistd::getuid();
-    if run_as.is_some() && !uid.is_root() {
-        return Err(Failure::new(EXIT_KZ, "--user needs kz to run as root"));
-    }
-    if let Some((u, g)) = run_as {
-        // The command reads the CA files as that user.
-        for f in ["ca-bundle.pem", "kz-ca.pem"] {
-            let _ = nix::unistd::chown(
-                &dir.join(f),
-                Some(nix::unistd::Uid::from_raw(u)),
-                Some(nix::unistd::Gid::from_raw(g)),
-            );
+    // /tmp and the user's runtime directory become private; the working directory and the CA
+    // files stay where they are.
+    let (owner_uid, owner_gid) = run_as.unwrap_or((uid.as_raw(), nix::unistd::getgid().as_raw()));
+    let mut private = vec![PrivateDir {
+        path: PathBuf::from("/tmp"),
+        mode: 0o1777,
+        owner: None,
+    }];
+    let mut runtime_dirs = vec![PathBuf::from(format!("/run/user/{owner_uid}"))];
+    runtime_dirs.extend(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from));
+    for d in runtime_dirs {
+        if d.is_dir() && !private.iter().any(|p| p.path == d) {
+            private.push(PrivateDir {
+                path: d,
+                mode: 0o700,
+                owner: Some((owner_uid, owner_gid)),
+            });
         }
-        let _ = nix::unistd::chown(
-            &dir,
-            Some(nix::unistd::Uid::from_raw(u)),
-            Some(nix::unistd::Gid::from_raw(g)),
-        );
     }
+    let mut keep: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    keep.push(dir.join("ca-bundle.pem"));
+    keep.push(dir.join("kz-ca.pem"));
+    let mut hide = hide;
+    hide.push(dir.clone());
     let spec = Spec {
+        hide,
+        private,
+        keep,
+        parent: std::process::id(),
         socket,
         dir: dir.clone(),
         rootless: !uid.is_root(),
@@ -225,6 +322,8 @@ pub async fn run(
         env,
         remove,
         mask,
+        // The helper needs its privileges to build the namespace; it drops them itself.
+        limits: child::Limits::default(),
     };
     let result = child::run(spec).await;
     serving.abort();

@@ -86,12 +86,21 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),
         Command::InitNetwork(a) => init_network(a),
-        Command::Sidecar(a) => sidecar::sidecar(a),
-        Command::Server(c) => policy::server(c),
+        Command::Sidecar(a) => {
+            protect_self()?;
+            sidecar::sidecar(a)
+        }
+        Command::Server(c) => {
+            protect_self()?;
+            policy::server(c)
+        }
         Command::Mcp {
             bundle,
             identity_token_file,
-        } => policy::mcp_stdio(bundle, identity_token_file),
+        } => {
+            protect_self()?;
+            policy::mcp_stdio(bundle, identity_token_file)
+        }
         Command::Policy(c) => policy::policy(c),
         Command::Token(c) => policy::token(c),
     }
@@ -163,6 +172,14 @@ fn apply_rules(_: &kz_netns::rules::RuleSpec, _: kz_netns::rules::Backend) -> Re
         1,
         kz_netns::NetnsError::Unsupported.to_string(),
     ))
+}
+
+/// Makes kz non-dumpable with a zero core limit (before it reads any secret), so a process of
+/// the same uid cannot read its memory or environment, ptrace it, or make it dump core.
+pub fn protect_self() -> Result<(), Failure> {
+    #[cfg(target_os = "linux")]
+    kz_netns::contain::protect_self().map_err(|e| Failure::new(EXIT_KZ, e.to_string()))?;
+    Ok(())
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -73,7 +73,7 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
             .filter_map(|r| r.outcome.ok().flatten().map(|v| (r.spec.name, v)))
             .collect();
         let proxy = Arc::new(
-            build_proxy(&cfg, vars, &preset, audit).map_err(|e| Failure::new(EXIT_KZ, e))?,
+            build_proxy(&cfg, vars, &preset, audit, true).map_err(|e| Failure::new(EXIT_KZ, e))?,
         );
         std::fs::create_dir_all(&a.share_dir)
             .map_err(|e| Failure::new(EXIT_KZ, format!("{}: {e}", a.share_dir.display())))?;

@@ -191,6 +191,13 @@ pub struct AuditConfig {
     pub path: PathBuf,
 }
 
+/// `[isolate]`: adjustments to what `--isolate` hides (paths may start with `~/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IsolateConfig {
+    pub hide: Vec<String>,
+    pub expose: Vec<String>,
+}
+
 /// A validated `.keyzero.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -202,6 +209,48 @@ pub struct Config {
     pub network: NetworkConfig,
     pub server: Option<ServerConfig>,
     pub audit: Option<AuditConfig>,
+    pub isolate: IsolateConfig,
+}
+
+impl Config {
+    /// Every variable the config names as holding a backend credential (`*_env` keys), plus
+    /// the source variable of each `env` secret.
+    pub fn credential_variables(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.providers.vault.auth {
+            VaultAuth::Token { token_env } => out.extend(token_env.clone()),
+            VaultAuth::AppRole { secret_id_env, .. } => out.extend(secret_id_env.clone()),
+            VaultAuth::Jwt { jwt_env, .. } => out.extend(jwt_env.clone()),
+            VaultAuth::Kubernetes { .. } => {}
+        }
+        out.extend(self.providers.onepassword.connect_token_env.clone());
+        if let Some(s) = &self.server {
+            out.extend(s.token_env.clone());
+        }
+        out
+    }
+
+    /// Files the config reads credentials from: `file` secret sources, auth token files and the
+    /// `[server]` identity token.
+    pub fn credential_files(&self) -> Vec<PathBuf> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let mut out: Vec<PathBuf> = self
+            .secrets
+            .iter()
+            .filter(|s| s.provider == ProviderKind::File)
+            .map(|s| cwd.join(&s.reference))
+            .collect();
+        match &self.providers.vault.auth {
+            VaultAuth::AppRole { secret_id_file, .. } => out.extend(secret_id_file.clone()),
+            VaultAuth::Jwt { jwt_file, .. } => out.extend(jwt_file.clone()),
+            VaultAuth::Kubernetes { jwt_file, .. } => out.push(jwt_file.clone()),
+            VaultAuth::Token { .. } => {}
+        }
+        if let Some(s) = &self.server {
+            out.extend(s.token_file.clone());
+        }
+        out
+    }
 }
 
 /// Every problem in one file; `Display` prints one per line, prefixed with the file name.
@@ -329,6 +378,12 @@ pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config
     }
     if let Some(t) = root.table("server", p) {
         cfg.server = parse_server(t, base, p);
+    }
+    if let Some(t) = root.table("isolate", p) {
+        let mut r = Reader::new("isolate", t);
+        cfg.isolate.hide = r.string_list("hide", p).unwrap_or_default();
+        cfg.isolate.expose = r.string_list("expose", p).unwrap_or_default();
+        r.finish(p);
     }
     if let Some(t) = root.table("audit", p) {
         let mut r = Reader::new("audit", t);

@@ -56,6 +56,8 @@ fn has_token_prefix(data: &[u8]) -> bool {
 /// A request head after swapping.
 struct SwappedHead {
     path_and_query: String,
+    /// The path as the agent sent it, tokens as `{NAME}`: what the audit line records.
+    shown_path: String,
     headers: HeaderMap,
     seen: BTreeSet<usize>,
 }
@@ -123,6 +125,7 @@ fn swap_head(
     }
     Ok(SwappedHead {
         path_and_query,
+        shown_path: String::new(),
         headers,
         seen,
     })
@@ -239,15 +242,17 @@ async fn intercepted_inner(
     let ws = is_websocket(&req);
     let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let head = match swap_head(&swap, &parts, ws) {
+    let mut head = match swap_head(&swap, &parts, ws) {
         Ok(h) => h,
         Err(i) => return refuse_token(&proxy, &dest, i),
     };
+    head.shown_path = proxy.table.redact(parts.uri.path());
     if let Some(on_client) = client_upgrade {
         return websocket(proxy, dest, parts.method, head, on_client, start).await;
     }
     let SwappedHead {
         path_and_query,
+        shown_path,
         mut headers,
         seen,
     } = head;
@@ -391,7 +396,7 @@ async fn intercepted_inner(
         let proxy = proxy.clone();
         let dest = dest.clone();
         let method = parts.method.to_string();
-        let path = path_and_query.split('?').next().unwrap_or("/").to_string();
+        let path = shown_path;
         let status = rparts.status.as_u16();
         let seen = seen.clone();
         let req_report = req_report.clone();
@@ -594,10 +599,7 @@ async fn websocket(
     m.insert("host".into(), dest.host.clone().into());
     m.insert("port".into(), dest.port.into());
     m.insert("method".into(), method.to_string().into());
-    m.insert(
-        "path".into(),
-        head.path_and_query.split('?').next().unwrap_or("/").into(),
-    );
+    m.insert("path".into(), head.shown_path.clone().into());
     m.insert(
         "secrets".into(),
         Value::Array(

@@ -41,25 +41,31 @@ fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), St
 }
 
 /// Starts the proxy for `vars` (name → real value) as configured in `cfg`.
+/// With `transparent` (`--isolate`), the host's loopback is reachable only through names
+/// mapped in `[network] hosts`.
 pub async fn start(
     cfg: &Config,
     vars: Vec<(String, SecretValue)>,
     audit: Arc<Audit>,
+    transparent: bool,
 ) -> Result<Session, String> {
     let proxy = Arc::new(build_proxy(
         cfg,
         vars,
         &std::collections::HashMap::new(),
         audit,
+        transparent,
     )?);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("proxy: cannot listen on 127.0.0.1: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let tmp = std::env::temp_dir();
+    remove_stale_dirs(&tmp);
     let dir = tempfile::Builder::new()
-        .prefix("kz-blind-")
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(&tmp)
         .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
     write_ca_files(&proxy, dir.path(), 0o600)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -73,6 +79,36 @@ pub async fn start(
         stop,
         task,
     })
+}
+
+/// Runtime directories are named `kz-blind-<pid>-<random>`, so the next run can tell the ones
+/// a killed kz left behind.
+const DIR_PREFIX: &str = "kz-blind-";
+
+/// Removes runtime directories of this user whose kz is no longer running (a kz killed with
+/// `SIGKILL` cannot clean up after itself).
+fn remove_stale_dirs(tmp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::getuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let dead = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        let mine = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == me && m.is_dir());
+        if dead && mine {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Writes `ca-bundle.pem` (system roots + kz's CA) and `kz-ca.pem` into `dir`.
@@ -98,6 +134,7 @@ pub fn build_proxy(
     vars: Vec<(String, SecretValue)>,
     preset: &std::collections::HashMap<String, String>,
     audit: Arc<Audit>,
+    transparent: bool,
 ) -> Result<Proxy, String> {
     let mut secrets = Vec::new();
     for (name, value) in vars {
@@ -110,12 +147,18 @@ pub fn build_proxy(
         secrets.push((name, value, hosts));
     }
     let table = Arc::new(TokenTable::with_tokens(secrets, preset));
+    // Whatever a line holds (a host, a path, a refusal's reason), never a value or a token.
+    let filter_table = table.clone();
+    audit.set_filter(Box::new(move |line| filter_table.conceal(line)));
     let ca = ca::Ca::generate()?;
     let mut extra = Vec::new();
     if let Some(p) = &cfg.network.upstream_ca {
         extra = crate::http::read_pem_certs(p).map_err(|e| format!("network.upstream_ca: {e}"))?;
     }
-    let resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
+    let mut resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
+    if transparent {
+        resolver = resolver.loopback_only_when_mapped();
+    }
     Ok(Proxy {
         table,
         ca,
@@ -132,6 +175,18 @@ impl Session {
             "http://kz:{}@127.0.0.1:{}",
             self.proxy.credential, self.port
         )
+    }
+
+    /// Lets `uid`/`gid` (`--user`) read the CA files.
+    pub fn share_with(&self, uid: u32, gid: u32) {
+        let (u, g) = (
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+        for f in ["ca-bundle.pem", "kz-ca.pem"] {
+            let _ = nix::unistd::chown(&self.dir.path().join(f), u, g);
+        }
+        let _ = nix::unistd::chown(self.dir.path(), u, g);
     }
 
     /// The private directory holding the CA files (removed by `stop`).

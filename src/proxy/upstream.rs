@@ -56,11 +56,27 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// Resolves names the way the proxy is allowed to reach them.
+/// Whether `ip` reaches this very host: loopback, or the unspecified address (which connects
+/// to the local host too), in either family or IPv4-mapped.
+pub fn is_local_host(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_local_host(IpAddr::V4(v4)),
+            None => v6.is_loopback() || v6.is_unspecified(),
+        },
+    }
+}
+
+/// Resolves names the way the proxy is allowed to reach them. A name mapped in `[network]
+/// hosts` may use any address (the mapping is the consent); any other name or literal needs a
+/// public address, or `allow_private`; with `loopback_only_when_mapped` (the transparent front
+/// doors), not even `allow_private` opens the host's loopback to an unmapped name.
 #[derive(Clone)]
 pub struct Resolver {
     overrides: Arc<BTreeMap<String, IpAddr>>,
     allow_private: bool,
+    loopback_only_when_mapped: bool,
 }
 
 /// A refusal by the address rule; the message is user-facing.
@@ -79,7 +95,20 @@ impl Resolver {
         Resolver {
             overrides: Arc::new(overrides),
             allow_private,
+            loopback_only_when_mapped: false,
         }
+    }
+
+    /// For `--isolate` and the sidecar: the agent's own loopback is its own, and the host's is
+    /// reached only through a name mapped in `[network] hosts`.
+    pub fn loopback_only_when_mapped(mut self) -> Self {
+        self.loopback_only_when_mapped = true;
+        self
+    }
+
+    fn permitted(&self, ip: IpAddr) -> bool {
+        is_public(ip)
+            || (self.allow_private && !(self.loopback_only_when_mapped && is_local_host(ip)))
     }
 
     /// Addresses for `host`, after overrides and the private-address rule.
@@ -98,27 +127,30 @@ impl Resolver {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        let addrs: Vec<SocketAddr> =
-            if let Some(ip) = self.overrides.get(bare.trim_end_matches('.')) {
-                vec![SocketAddr::new(*ip, port)]
-            } else if let Ok(ip) = bare.parse::<IpAddr>() {
-                vec![SocketAddr::new(ip, port)]
-            } else {
-                tokio::net::lookup_host((bare.as_str(), port))
-                    .await?
-                    .collect()
-            };
-        if self.allow_private {
-            return Ok(addrs);
+        if let Some(ip) = self.overrides.get(bare.trim_end_matches('.')) {
+            // Mapped in [network] hosts: the mapping is the consent, whatever the address.
+            return Ok(vec![SocketAddr::new(*ip, port)]);
         }
+        let addrs: Vec<SocketAddr> = if let Ok(ip) = bare.parse::<IpAddr>() {
+            vec![SocketAddr::new(ip, port)]
+        } else {
+            tokio::net::lookup_host((bare.as_str(), port))
+                .await?
+                .collect()
+        };
         let (public, private): (Vec<_>, Vec<_>) =
-            addrs.into_iter().partition(|a| is_public(a.ip()));
+            addrs.into_iter().partition(|a| self.permitted(a.ip()));
         if public.is_empty() {
             if let Some(p) = private.first() {
+                let why = if self.allow_private {
+                    "the host's loopback is reachable only through a name mapped in [network] hosts"
+                } else {
+                    "map the name in [network] hosts, or set [network] allow_private = true, to permit"
+                };
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
                     PrivateAddress(format!(
-                        "{host} resolves to non-public address {} (set [network] allow_private = true to permit)",
+                        "{host} resolves to non-public address {} ({why})",
                         p.ip()
                     )),
                 ));
@@ -282,22 +314,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn overrides_and_private_rule() {
+    async fn a_mapping_is_consent_and_everything_else_needs_allow_private() {
         let mut o = BTreeMap::new();
         o.insert("api.kz.test".to_string(), "127.0.0.1".parse().unwrap());
         let strict = Resolver::new(o.clone(), false);
-        let err = strict.resolve("api.kz.test", 443).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        assert!(
-            err.to_string().contains("non-public address 127.0.0.1"),
-            "{err}"
-        );
-        let err = strict.resolve("169.254.169.254", 80).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        let open = Resolver::new(o, true);
         assert_eq!(
-            open.resolve("API.kz.test", 8443).await.unwrap(),
+            strict.resolve("API.kz.test", 8443).await.unwrap(),
             vec!["127.0.0.1:8443".parse().unwrap()]
         );
+        for refused in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "localhost",
+            "0.0.0.0",
+            "[::1]",
+        ] {
+            let err = strict.resolve(refused, 80).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{refused}"
+            );
+            assert!(err.to_string().contains("allow_private"), "{err}");
+        }
+        let open = Resolver::new(o.clone(), true);
+        assert!(open.resolve("127.0.0.1", 80).await.is_ok());
+        assert!(open.resolve("10.0.0.1", 80).await.is_ok());
+        // The transparent front doors: allow_private opens private ranges, never the host's
+        // loopback, under any spelling.
+        let transparent = Resolver::new(o, true).loopback_only_when_mapped();
+        assert!(transparent.resolve("10.0.0.1", 80).await.is_ok());
+        assert!(transparent.resolve("api.kz.test", 6379).await.is_ok());
+        for refused in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "localhost",
+            "0.0.0.0",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "[::]",
+            "2130706433",
+        ] {
+            let err = transparent.resolve(refused, 6379).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{refused}"
+            );
+            assert!(err.to_string().contains("loopback"), "{refused}: {err}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use crate::blind::{Blind, REAL_GH};
 use crate::util::{kz_bin, python, run};
 
-fn privileged() -> bool {
+pub fn privileged() -> bool {
     let ok = Command::new("unshare")
         .args(["-U", "-r", "-n", "true"])
         .status()

@@ -5,6 +5,7 @@
 mod attacks;
 mod aws;
 mod blind;
+mod containment;
 mod deploy;
 mod helm;
 mod inject;

@@ -317,11 +317,14 @@ fn fetch_follows_no_redirect_caps_size_and_refuses_private_addresses() {
     let big = &v["calls"][1]["structured"];
     assert_eq!(big["truncated"], true);
     assert!(big["body"].as_str().unwrap().len() <= 1 << 20);
-    // The same bundle without allow_private: loopback upstreams are refused.
+    // The same bundle without allow_private: a loopback upstream whose name is not mapped in
+    // network.hosts is refused (a mapped name is consent).
     let text = std::fs::read_to_string(sb.path().join("bundle.yaml")).unwrap();
+    let bound = format!("hosts: [\"api.kz.test:{}\"]", up.port);
     std::fs::write(
         sb.path().join("bundle.yaml"),
-        text.replace("allow_private: true", "allow_private: false"),
+        text.replace("allow_private: true", "allow_private: false")
+            .replace(&bound, &format!("hosts: [\"localhost:{}\"]", up.port)),
     )
     .unwrap();
     let before = up.requests().len();
@@ -329,7 +332,7 @@ fn fetch_follows_no_redirect_caps_size_and_refuses_private_addresses() {
         &sb,
         "pipeline",
         json!([
-            {"tool": "fetch", "args": {"url": format!("{base}/echo"), "auth": {"ref": "github", "scheme": "bearer"}}}
+            {"tool": "fetch", "args": {"url": format!("https://localhost:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}}
         ]),
     );
     assert_eq!(v["calls"][0]["is_error"], true, "{v}");

@@ -79,25 +79,9 @@ impl Sandbox {
     /// Stores `value` as `name` in this sandbox's local store.
     pub fn store(&self, name: &str, value: &str) {
         let mut c = self.kz();
-        c.args(["secret", "set", name]).stdin(Stdio::piped());
-        let mut child = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(value.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "secret set failed: {}",
-            text(&out.stderr)
-        );
+        c.args(["secret", "set", name]);
+        let (code, _, err) = run_with_stdin(&mut c, value);
+        assert_eq!(code, 0, "secret set failed: {err}");
     }
 }
 
@@ -112,6 +96,29 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .output()
         .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Runs a command with `input` on its stdin; returns (exit code, stdout, stderr).
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         text(&out.stdout),
