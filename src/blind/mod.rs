@@ -11,7 +11,7 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::config::HostPattern;
+use crate::config::{HostPattern, Swap};
 use crate::secret::SecretValue;
 use replace::PatternSet;
 
@@ -51,7 +51,12 @@ pub struct BlindSecret {
     pub token: String,
     pub value: SecretValue,
     pub hosts: Vec<HostPattern>,
+    /// Where its token is swapped.
+    pub swap: Swap,
 }
+
+/// A secret handed to blind mode: name, value, bound hosts, where to swap.
+pub type BlindInput = (String, SecretValue, Vec<HostPattern>, Swap);
 
 impl BlindSecret {
     pub fn bound_to(&self, host: &str, port: u16) -> bool {
@@ -61,13 +66,22 @@ impl BlindSecret {
 
 /// The per-destination swap sets. Pattern `i` is secret `i`'s token in every set; tokens of
 /// secrets not bound to the destination are forbidden.
+///
+/// In each set a bound secret whose `swap` leaves that place out maps its token to itself (it
+/// passes unswapped), and a secret not bound here is forbidden (the request is refused).
 pub struct HostSwap {
-    /// Header values and bodies of other types: the raw value.
-    pub raw: Arc<PatternSet>,
-    /// Request target: the value percent-encoded.
-    pub url: Arc<PatternSet>,
+    /// Header values (including inside `Basic` credentials): the raw value.
+    pub headers: Arc<PatternSet>,
+    /// The path: the value percent-encoded.
+    pub path: Arc<PatternSet>,
+    /// The query: the value percent-encoded.
+    pub query: Arc<PatternSet>,
+    /// Bodies of other types: the raw value.
+    pub body_raw: Arc<PatternSet>,
     /// `application/json` bodies: the value as JSON string content.
-    pub json: Arc<PatternSet>,
+    pub body_json: Arc<PatternSet>,
+    /// Form bodies: the value percent-encoded.
+    pub body_form: Arc<PatternSet>,
     /// Whether any secret is bound here (the host is intercepted).
     pub any_bound: bool,
 }
@@ -95,20 +109,20 @@ fn json_content(v: &str) -> String {
 
 impl TokenTable {
     /// Tokens are generated here, unique per run.
-    pub fn new(secrets: Vec<(String, SecretValue, Vec<HostPattern>)>) -> Self {
+    pub fn new(secrets: Vec<BlindInput>) -> Self {
         Self::with_tokens(secrets, &HashMap::new())
     }
 
     /// Like `new`, but a secret named in `preset` keeps that token (the sidecar, whose agent
     /// containers got their tokens in their pod spec). Presets must be valid, distinct tokens.
     pub fn with_tokens(
-        secrets: Vec<(String, SecretValue, Vec<HostPattern>)>,
+        secrets: Vec<BlindInput>,
         preset: &HashMap<String, String>,
     ) -> Self {
         let mut seen: std::collections::HashSet<String> = preset.values().cloned().collect();
         let secrets: Vec<BlindSecret> = secrets
             .into_iter()
-            .map(|(name, value, hosts)| {
+            .map(|(name, value, hosts, swap)| {
                 let token = match preset.get(&name) {
                     Some(t) => t.clone(),
                     None => loop {
@@ -123,6 +137,7 @@ impl TokenTable {
                     token,
                     value,
                     hosts,
+                    swap,
                 }
             })
             .collect();
@@ -201,23 +216,33 @@ impl TokenTable {
         if let Some(h) = self.hosts.lock().unwrap().get(&key) {
             return h.clone();
         }
-        let build = |encode: &dyn Fn(&str) -> String| {
+        let build = |place: fn(&Swap) -> bool, encode: &dyn Fn(&str) -> String| {
             let pairs = self
                 .secrets
                 .iter()
                 .map(|s| {
-                    let rep = s
-                        .bound_to(host, port)
-                        .then(|| Zeroizing::new(encode(s.value.expose()).into_bytes()));
-                    (Zeroizing::new(s.token.as_bytes().to_vec()), rep)
+                    let rep = match (s.bound_to(host, port), place(&s.swap)) {
+                        (true, true) => Some(encode(s.value.expose())),
+                        (true, false) => Some(s.token.clone()),
+                        (false, _) => None,
+                    };
+                    (
+                        Zeroizing::new(s.token.as_bytes().to_vec()),
+                        rep.map(|r| Zeroizing::new(r.into_bytes())),
+                    )
                 })
                 .collect();
             PatternSet::new(pairs).expect("tokens are never empty")
         };
+        let raw = |v: &str| v.to_string();
+        let url = |v: &str| percent_encoding::utf8_percent_encode(v, URL_ENCODE_SET).to_string();
         let swap = Arc::new(HostSwap {
-            raw: build(&|v| v.to_string()),
-            url: build(&|v| percent_encoding::utf8_percent_encode(v, URL_ENCODE_SET).to_string()),
-            json: build(&json_content),
+            headers: build(|s| s.headers, &raw),
+            path: build(|s| s.path, &url),
+            query: build(|s| s.query, &url),
+            body_raw: build(|s| s.body, &raw),
+            body_json: build(|s| s.body, &json_content),
+            body_form: build(|s| s.body, &url),
             any_bound: self.intercepts(host, port),
         });
         self.hosts.lock().unwrap().insert(key, swap.clone());
@@ -294,11 +319,19 @@ mod tests {
                 "GH".into(),
                 SecretValue::new("ghp_real&v/1"),
                 vec![HostPattern::parse("api.github.com").unwrap()],
+                Swap {
+                    query: true,
+                    ..Swap::default()
+                },
             ),
             (
                 "SL".into(),
                 SecretValue::new("xoxb-\"slack\""),
                 vec![HostPattern::parse("*.slack.com").unwrap()],
+                Swap {
+                    body: true,
+                    ..Swap::default()
+                },
             ),
         ])
     }
@@ -322,29 +355,40 @@ mod tests {
         let sl = &t.secrets[1].token;
         let h = t.for_host("api.github.com", 443);
         assert!(h.any_bound);
-        let target = format!("/repos?token={gh}");
+        let target = format!("token={gh}");
         assert_eq!(
-            h.url.replace_all(target.as_bytes()).unwrap().unwrap(),
-            b"/repos?token=ghp_real%26v%2F1"
+            h.query.replace_all(target.as_bytes()).unwrap().unwrap(),
+            b"token=ghp_real%26v%2F1"
+        );
+        // Not opted in: the path and the body keep the token, unswapped.
+        let path = format!("/repos/{gh}");
+        assert_eq!(
+            h.path.replace_all(path.as_bytes()).unwrap().as_deref(),
+            Some(path.as_bytes())
         );
         assert_eq!(
-            h.raw
+            h.body_raw.replace_all(gh.as_bytes()).unwrap().as_deref(),
+            Some(gh.as_bytes())
+        );
+        assert_eq!(
+            h.headers
                 .replace_all(format!("token {gh}").as_bytes())
                 .unwrap()
                 .unwrap(),
             b"token ghp_real&v/1"
         );
-        assert_eq!(h.raw.replace_all(format!("x {sl}").as_bytes()), Err(1));
+        assert_eq!(h.headers.replace_all(format!("x {sl}").as_bytes()), Err(1));
+        assert_eq!(h.body_raw.replace_all(format!("x {sl}").as_bytes()), Err(1));
         let slack = t.for_host("hooks.slack.com", 443);
         let body = format!("{{\"t\":\"{sl}\"}}");
         assert_eq!(
-            slack.json.replace_all(body.as_bytes()).unwrap().unwrap(),
+            slack.body_json.replace_all(body.as_bytes()).unwrap().unwrap(),
             br#"{"t":"xoxb-\"slack\""}"#
         );
         assert!(!t.for_host("evil.example", 443).any_bound);
         assert_eq!(
             t.for_host("evil.example", 443)
-                .raw
+                .headers
                 .replace_all(gh.as_bytes()),
             Err(0)
         );
@@ -359,14 +403,14 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{gh}"))
         );
         let h = t.for_host("api.github.com", 443);
-        let out = swap_basic(header.as_bytes(), &h.raw).unwrap().unwrap();
+        let out = swap_basic(header.as_bytes(), &h.headers).unwrap().unwrap();
         let expect = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_real&v/1")
         );
         assert_eq!(out, expect.as_bytes());
         let evil = t.for_host("evil.example", 443);
-        assert_eq!(swap_basic(header.as_bytes(), &evil.raw), Err(0));
+        assert_eq!(swap_basic(header.as_bytes(), &evil.headers), Err(0));
     }
 
     #[test]

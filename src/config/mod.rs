@@ -61,6 +61,53 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+/// Where blind mode swaps a secret's token for its value (`swap = [...]`). Headers only by
+/// default: a bound host that stores a query, path or body and shows it back would otherwise
+/// hand the value to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Swap {
+    pub headers: bool,
+    pub query: bool,
+    pub path: bool,
+    pub body: bool,
+}
+
+impl Default for Swap {
+    fn default() -> Self {
+        Swap {
+            headers: true,
+            query: false,
+            path: false,
+            body: false,
+        }
+    }
+}
+
+impl Swap {
+    pub const WORDS: [&'static str; 4] = ["headers", "query", "path", "body"];
+
+    /// Nowhere (the list is then filled word by word).
+    pub fn none() -> Self {
+        Swap {
+            headers: false,
+            query: false,
+            path: false,
+            body: false,
+        }
+    }
+
+    fn set(&mut self, word: &str) -> bool {
+        match word {
+            "headers" => self.headers = true,
+            "query" => self.query = true,
+            "path" => self.path = true,
+            "body" => self.body = true,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// One entry of `[secrets]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
@@ -72,6 +119,7 @@ pub struct SecretSpec {
     pub version: Option<String>,
     pub optional: bool,
     pub hosts: Vec<HostPattern>,
+    pub swap: Swap,
 }
 
 /// `[providers.local]`
@@ -425,6 +473,7 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
                     version: parts.version,
                     optional: parts.optional,
                     hosts: Vec::new(),
+                    swap: Swap::default(),
                 }),
                 Err(e) => {
                     p.push(&path, e);
@@ -496,6 +545,22 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
             }
         }
     }
+    let mut swap = Swap::default();
+    if let Some(list) = r.string_list("swap", p) {
+        swap = Swap::none();
+        for (i, w) in list.iter().enumerate() {
+            if !swap.set(w) {
+                let hint = match reader::suggest(w, Swap::WORDS.iter().copied()) {
+                    Some(m) => format!(" (did you mean {m:?}?)"),
+                    None => format!(" (expected any of: {})", Swap::WORDS.join(", ")),
+                };
+                p.push(
+                    &format!("{}[{i}]", r.key_path("swap")),
+                    format!("unknown place {w:?}{hint}"),
+                );
+            }
+        }
+    }
     r.finish(p);
     if let (Some(kind), Some(reference)) = (provider, &reference) {
         if let Err(e) = check_reference(kind, reference, key.as_deref(), version.as_deref()) {
@@ -513,6 +578,7 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
         version,
         optional,
         hosts,
+        swap,
     })
 }
 
@@ -950,5 +1016,36 @@ adress = "https://v"
             discover(Some(Path::new("/y.toml")), &env, &nested).unwrap(),
             PathBuf::from("/y.toml")
         );
+    }
+}
+
+#[cfg(test)]
+mod swap_tests {
+    use super::*;
+
+    #[test]
+    fn swap_defaults_to_headers_and_names_unknown_words() {
+        let cfg = parse_str(
+            "[secrets]\nA = { provider = \"env\", ref = \"X\" }\nB = { provider = \"env\", ref = \"X\", swap = [\"headers\", \"query\", \"body\"] }\n",
+            ".keyzero.toml",
+            Path::new("/p"),
+        )
+        .unwrap();
+        assert_eq!(cfg.secrets[0].swap, Swap::default());
+        assert!(cfg.secrets[0].swap.headers && !cfg.secrets[0].swap.body);
+        let b = cfg.secrets[1].swap;
+        assert!(b.headers && b.query && b.body && !b.path);
+        let err = parse_str(
+            "[secrets]\nA = { provider = \"env\", ref = \"X\", swap = [\"bodyy\", \"cookies\"] }\n",
+            ".keyzero.toml",
+            Path::new("/p"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("secrets.A.swap[0]: unknown place \"bodyy\" (did you mean \"body\"?)"),
+            "{err}"
+        );
+        assert!(err.contains("secrets.A.swap[1]: unknown place \"cookies\""), "{err}");
     }
 }

@@ -74,13 +74,28 @@ fn swap_head(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let path_and_query = match swap.url.replace_all(pq.as_bytes())? {
+    // The path and the query each swap only the secrets that opted in to them.
+    let (path, query) = match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq, None),
+    };
+    let mut path_and_query = match swap.path.replace_all(path.as_bytes())? {
         Some(v) => {
-            seen.extend(swap.url.indices(pq.as_bytes()));
+            seen.extend(swap.path.indices(path.as_bytes()));
             String::from_utf8(v).expect("percent-encoded values are ascii")
         }
-        None => pq.to_string(),
+        None => path.to_string(),
     };
+    if let Some(q) = query {
+        path_and_query.push('?');
+        match swap.query.replace_all(q.as_bytes())? {
+            Some(v) => {
+                seen.extend(swap.query.indices(q.as_bytes()));
+                path_and_query.push_str(&String::from_utf8(v).expect("percent-encoded values are ascii"));
+            }
+            None => path_and_query.push_str(q),
+        }
+    }
     let connection_tokens: Vec<String> = parts
         .headers
         .get_all(CONNECTION)
@@ -109,13 +124,13 @@ fn swap_head(
         }
         let mut bytes: Vec<u8> = raw.to_vec();
         if let Some(decoded) = &basic {
-            seen.extend(swap.raw.indices(decoded));
-            if let Some(v) = swap_basic(&bytes, &swap.raw)? {
+            seen.extend(swap.headers.indices(decoded));
+            if let Some(v) = swap_basic(&bytes, &swap.headers)? {
                 bytes = v;
             }
         }
-        if let Some(v) = swap.raw.replace_all(&bytes)? {
-            seen.extend(swap.raw.indices(&bytes));
+        if let Some(v) = swap.headers.replace_all(&bytes)? {
+            seen.extend(swap.headers.indices(&bytes));
             bytes = v;
         }
         // A value with bytes a header cannot carry is refused rather than mangled.
@@ -266,11 +281,11 @@ async fn intercepted_inner(
         .unwrap_or("")
         .to_ascii_lowercase();
     let set = if content_type.contains("json") {
-        &swap.json
+        &swap.body_json
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
-        &swap.url
+        &swap.body_form
     } else {
-        &swap.raw
+        &swap.body_raw
     };
     let encoded = headers
         .get(CONTENT_ENCODING)

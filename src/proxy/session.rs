@@ -138,13 +138,13 @@ pub fn build_proxy(
 ) -> Result<Proxy, String> {
     let mut secrets = Vec::new();
     for (name, value) in vars {
-        let hosts = cfg
+        let (hosts, swap) = cfg
             .secrets
             .iter()
             .find(|s| s.name == name)
-            .map(|s| s.hosts.clone())
+            .map(|s| (s.hosts.clone(), s.swap))
             .unwrap_or_default();
-        secrets.push((name, value, hosts));
+        secrets.push((name, value, hosts, swap));
     }
     let table = Arc::new(TokenTable::with_tokens(secrets, preset));
     // Whatever a line holds (a host, a path, a refusal's reason), never a value or a token.

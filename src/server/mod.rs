@@ -492,6 +492,7 @@ impl Server {
             version: version.clone(),
             optional: false,
             hosts: Vec::new(),
+            swap: crate::config::Swap::default(),
         };
         let audit = crate::audit::Audit::disabled();
         let resolved =

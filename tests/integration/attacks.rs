@@ -267,3 +267,41 @@ true
     );
     assert!(text.contains("{GH}.evil.kz.test"), "{text}");
 }
+
+#[test]
+fn body_query_and_path_tokens_pass_unswapped_unless_the_secret_opts_in() {
+    // OTHER keeps the default `swap = ["headers"]`: a bound host that stores a body, a query or
+    // a path and shows it back only ever holds the token.
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"
+curl -sS --fail -o /dev/null "$OTHER_UP/store/$OTHER?note=$OTHER" -H "Authorization: Bearer $OTHER" \
+  -H "Content-Type: application/json" --data "{\"note\":\"$OTHER\"}"
+curl -sS --fail -o /dev/null "$OTHER_UP/form" --data-urlencode "note=$OTHER"
+echo "token=$OTHER"
+"#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let token = out.trim().strip_prefix("token=").unwrap().to_string();
+    let reqs = b.up.requests();
+    let stored = reqs.iter().find(|r| r.target.starts_with("/store/")).unwrap();
+    assert_eq!(
+        stored.header("authorization"),
+        Some(format!("Bearer {REAL_OTHER}").as_str()),
+        "headers are swapped"
+    );
+    assert_eq!(stored.target, format!("/store/{token}?note={token}"));
+    assert_eq!(
+        String::from_utf8_lossy(&stored.body),
+        format!("{{\"note\":\"{token}\"}}")
+    );
+    let form = reqs.iter().find(|r| r.target == "/form").unwrap();
+    assert_eq!(String::from_utf8_lossy(&form.body), format!("note={token}"));
+    for r in &reqs {
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(REAL_OTHER) && !r.target.contains(REAL_OTHER),
+            "the value went where the secret did not opt in: {}",
+            r.all()
+        );
+    }
+}

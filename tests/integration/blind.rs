@@ -30,7 +30,7 @@ impl Blind {
         sb.config(&format!(
             r#"
 [secrets]
-GH = {{ provider = "env", ref = "REAL_GH", hosts = ["api.kz.test:{port}"] }}
+GH = {{ provider = "env", ref = "REAL_GH", hosts = ["api.kz.test:{port}"], swap = ["headers", "query", "path", "body"] }}
 OTHER = {{ provider = "env", ref = "REAL_OTHER", hosts = ["other.kz.test"] }}
 
 [network]
