@@ -12,6 +12,7 @@
 //! - [`env`]: environment access behind a trait so tests can pass a map.
 //! - [`http`]: the small HTTPS client the providers share.
 //! - [`time`]: timestamps for audit lines and request signing.
+//! - [`lru`]: the bounded cache behind every per-host cache.
 //! - [`blind`], [`proxy`]: blind mode (tokens, swap/scrub engine, the proxy and its front doors).
 //! - [`policy`]: the policy server's pure core (ref canonicalisation, globs, decisions).
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod cmd;
 pub mod config;
 pub mod env;
 pub mod http;
+pub mod lru;
 pub mod mask;
 pub mod policy;
 pub mod provider;

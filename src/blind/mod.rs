@@ -2,6 +2,7 @@
 //! scrub pattern sets built from them. The proxy (`crate::proxy`) wraps this with I/O.
 
 pub mod env;
+pub mod jsonesc;
 pub mod replace;
 
 use std::collections::HashMap;
@@ -92,8 +93,11 @@ pub struct TokenTable {
     scrub: Option<Arc<PatternSet>>,
     /// Tokens to `{NAME}`, for audit lines.
     redact: Option<Arc<PatternSet>>,
-    hosts: Mutex<HashMap<(String, u16), Arc<HostSwap>>>,
+    hosts: Mutex<crate::lru::Lru<(String, u16), Arc<HostSwap>>>,
 }
+
+/// Destinations whose swap sets stay cached (each is rebuilt on demand once evicted).
+pub const HOST_CACHE: usize = 256;
 
 /// Unreserved characters stay, everything else is percent-encoded.
 pub const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -101,6 +105,43 @@ pub const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_A
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// Forms an upstream may echo a value in, beyond the masker's (raw, base64, percent-encoded):
+/// JSON string content (also with `/` written `\/`), hex in either case, and percent-encoding
+/// with lower-case digits. Mixed `\uXXXX` escapes are undone before matching (`json_unescape`).
+pub fn scrub_forms(v: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let json = json_content(v);
+    let mut out = vec![Zeroizing::new(json.clone().into_bytes())];
+    if json.contains('/') {
+        out.push(Zeroizing::new(json.replace('/', "\\/").into_bytes()));
+    }
+    let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+    out.push(Zeroizing::new(hex.to_ascii_uppercase().into_bytes()));
+    out.push(Zeroizing::new(hex.into_bytes()));
+    for set in [URL_ENCODE_SET, percent_encoding::NON_ALPHANUMERIC] {
+        let upper = percent_encoding::utf8_percent_encode(v, set).to_string();
+        out.push(Zeroizing::new(lower_percent_digits(&upper).into_bytes()));
+    }
+    out
+}
+
+/// `%2F` → `%2f`, leaving everything else as it is.
+fn lower_percent_digits(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut digits = 0;
+    for c in s.chars() {
+        if c == '%' {
+            digits = 2;
+            out.push(c);
+        } else if digits > 0 {
+            digits -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 fn json_content(v: &str) -> String {
     let quoted = serde_json::to_string(v).expect("strings serialise");
@@ -115,10 +156,7 @@ impl TokenTable {
 
     /// Like `new`, but a secret named in `preset` keeps that token (the sidecar, whose agent
     /// containers got their tokens in their pod spec). Presets must be valid, distinct tokens.
-    pub fn with_tokens(
-        secrets: Vec<BlindInput>,
-        preset: &HashMap<String, String>,
-    ) -> Self {
+    pub fn with_tokens(secrets: Vec<BlindInput>, preset: &HashMap<String, String>) -> Self {
         let mut seen: std::collections::HashSet<String> = preset.values().cloned().collect();
         let secrets: Vec<BlindSecret> = secrets
             .into_iter()
@@ -144,7 +182,7 @@ impl TokenTable {
         let mut scrub = Vec::new();
         for s in &secrets {
             let mut forms = crate::mask::forms(s.value.expose());
-            forms.push(Zeroizing::new(json_content(s.value.expose()).into_bytes()));
+            forms.extend(scrub_forms(s.value.expose()));
             for f in forms {
                 if f.len() >= crate::mask::MIN_MASK_LEN {
                     scrub.push((f, Some(Zeroizing::new(s.token.as_bytes().to_vec()))));
@@ -176,7 +214,7 @@ impl TokenTable {
             scrub: PatternSet::new(scrub),
             redact,
             secrets,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(crate::lru::Lru::new(HOST_CACHE)),
         }
     }
 
@@ -214,7 +252,7 @@ impl TokenTable {
     pub fn for_host(&self, host: &str, port: u16) -> Arc<HostSwap> {
         let key = (host.to_ascii_lowercase(), port);
         if let Some(h) = self.hosts.lock().unwrap().get(&key) {
-            return h.clone();
+            return h;
         }
         let build = |place: fn(&Swap) -> bool, encode: &dyn Fn(&str) -> String| {
             let pairs = self
@@ -382,7 +420,11 @@ mod tests {
         let slack = t.for_host("hooks.slack.com", 443);
         let body = format!("{{\"t\":\"{sl}\"}}");
         assert_eq!(
-            slack.body_json.replace_all(body.as_bytes()).unwrap().unwrap(),
+            slack
+                .body_json
+                .replace_all(body.as_bytes())
+                .unwrap()
+                .unwrap(),
             br#"{"t":"xoxb-\"slack\""}"#
         );
         assert!(!t.for_host("evil.example", 443).any_bound);

@@ -122,7 +122,7 @@ pub fn run(args: RunArgs) -> Outcome {
     let mut vars = Vec::new();
     for r in results {
         if let Ok(Some(v)) = r.outcome {
-            if !args.no_mask && !v.is_empty() && v.len() < MIN_MASK_LEN {
+            if !args.blind && !args.no_mask && !v.is_empty() && v.len() < MIN_MASK_LEN {
                 eprintln!(
                     "kz: warning: {} is shorter than {MIN_MASK_LEN} characters and will not be masked in output",
                     r.spec.name
@@ -153,18 +153,18 @@ pub fn run(args: RunArgs) -> Outcome {
         .clone()
         .or_else(|| cfg.audit.as_ref().map(|a| a.path.clone()));
     let audit = std::sync::Arc::new(audit);
-    if !args.isolate && !args.quiet {
-        eprintln!(
-            "kz: note: without --isolate the agent can still read every file this user can \
-             (the local store, ~/.vault-token, ~/.aws, the audit log); add --isolate to hide them"
-        );
-    }
     rt.block_on(async move {
         let session = blind::start(&cfg, vars, audit, args.isolate)
             .await
-            .map_err(|e| Failure::new(EXIT_KZ, e))?;
+            .map_err(|e| Failure::many(EXIT_KZ, e.lines().map(String::from).collect()))?;
         if let Some((u, g)) = run_as {
             session.share_with(u, g);
+        }
+        if !args.isolate && !args.quiet {
+            eprintln!(
+                "kz: note: without --isolate the agent can still read every file this user can \
+                 (the local store, ~/.vault-token, ~/.aws, the audit log); add --isolate to hide them"
+            );
         }
         if args.isolate {
             let env = session.child_env_isolated(&ProcessEnv);

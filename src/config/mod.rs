@@ -1046,6 +1046,9 @@ mod swap_tests {
             err.contains("secrets.A.swap[0]: unknown place \"bodyy\" (did you mean \"body\"?)"),
             "{err}"
         );
-        assert!(err.contains("secrets.A.swap[1]: unknown place \"cookies\""), "{err}");
+        assert!(
+            err.contains("secrets.A.swap[1]: unknown place \"cookies\""),
+            "{err}"
+        );
     }
 }

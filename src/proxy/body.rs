@@ -1,5 +1,7 @@
 //! Streaming body transforms for the proxy: token swapping on request bodies and scrubbing (with
-//! gzip decoding) on response bodies, frame by frame, without buffering the stream.
+//! gzip/deflate decoding, up to two layers) on response bodies, frame by frame, without
+//! buffering the stream; trailers get the same treatment as the data. Also the global ceiling on
+//! bodies buffered whole.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -24,11 +26,105 @@ pub struct StreamReport {
     pub bytes: AtomicU64,
 }
 
-/// A body passed through an optional gunzip and an optional replacer.
+/// A content coding kz can undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Gzip,
+    Deflate,
+}
+
+impl Coding {
+    /// The codings of a `Content-Encoding` value list, in the order they were applied
+    /// (`identity` dropped). `Err(name)`: one kz cannot undo.
+    pub fn parse_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<Coding>, String> {
+        let mut out = Vec::new();
+        for v in values.flat_map(|v| v.split(',')) {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "" | "identity" => {}
+                "gzip" | "x-gzip" => out.push(Coding::Gzip),
+                "deflate" => out.push(Coding::Deflate),
+                other => return Err(other.to_string()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// At most this many layers of compression are undone; more is refused.
+pub const MAX_CODINGS: usize = 2;
+
+/// Decompressed bytes one input frame may turn into; past it the response is cut (a
+/// compression bomb). Input is fed in small slices so no single step inflates much more.
+pub const MAX_INFLATE_PER_FRAME: usize = 16 << 20;
+const INFLATE_SLICE: usize = 4096;
+
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn new(c: Coding) -> Self {
+        match c {
+            Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+        }
+    }
+
+    fn push(&mut self, data: &[u8], end: bool) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => {
+                d.write_all(data)?;
+                if end {
+                    d.try_finish()?;
+                }
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Deflate(d) => {
+                d.write_all(data)?;
+                if end {
+                    d.try_finish()?;
+                }
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+/// Undoes `layers` (outermost first) on `data`, slice by slice, refusing to grow past the
+/// per-frame ceiling.
+fn inflate(layers: &mut [Decoder], data: &[u8], end: bool) -> Result<Vec<u8>, BoxError> {
+    let Some((outer, inner)) = layers.split_first_mut() else {
+        return Ok(data.to_vec());
+    };
+    let mut out = Vec::new();
+    let mut chunks: Vec<&[u8]> = data.chunks(INFLATE_SLICE).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    let last = chunks.len() - 1;
+    for (i, c) in chunks.into_iter().enumerate() {
+        let step = outer.push(c, end && i == last)?;
+        out.extend(inflate(inner, &step, end && i == last)?);
+        if out.len() > MAX_INFLATE_PER_FRAME {
+            return Err(format!(
+                "decompressed data grew past {} MiB from one frame (a compression bomb?)",
+                MAX_INFLATE_PER_FRAME >> 20
+            )
+            .into());
+        }
+    }
+    Ok(out)
+}
+
+/// A body passed through optional decoders and an optional replacer.
 pub struct Transform {
     inner: Body,
-    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    decoders: Vec<Decoder>,
     replacer: Option<StreamReplacer>,
+    /// JSON escapes of printable ASCII undone before matching (JSON responses).
+    unescape: Option<crate::blind::jsonesc::JsonUnescape>,
+    set: Option<Arc<PatternSet>>,
     report: Arc<StreamReport>,
     seen: Option<Arc<Mutex<BTreeSet<usize>>>>,
     on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
@@ -58,21 +154,30 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 impl Transform {
+    /// `codings` in the order they were applied (as `Content-Encoding` lists them).
     pub fn new(
         inner: Body,
         set: Option<&Arc<PatternSet>>,
-        gunzip: bool,
+        codings: &[Coding],
         report: Arc<StreamReport>,
     ) -> Self {
         Transform {
             inner,
-            gunzip: gunzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+            decoders: codings.iter().rev().map(|c| Decoder::new(*c)).collect(),
             replacer: set.map(|s| s.stream()),
+            unescape: None,
+            set: set.cloned(),
             report,
             seen: None,
             on_end: None,
             done: false,
         }
+    }
+
+    /// Undoes JSON escapes of printable ASCII before matching (the body is JSON text).
+    pub fn json(mut self) -> Self {
+        self.unescape = Some(Default::default());
+        self
     }
 
     /// Records which patterns matched (for audit lines).
@@ -92,20 +197,12 @@ impl Transform {
     }
 
     fn process(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, BoxError> {
-        let plain: Vec<u8> = match &mut self.gunzip {
-            Some(d) => {
-                if let Err(e) = d.write_all(data) {
-                    return Err(Box::new(e));
-                }
-                if end {
-                    if let Err(e) = d.try_finish() {
-                        return Err(Box::new(e));
-                    }
-                }
-                std::mem::take(d.get_mut())
-            }
-            None => data.to_vec(),
-        };
+        let mut plain: Vec<u8> = inflate(&mut self.decoders, data, end)?;
+        if let Some(u) = &mut self.unescape {
+            let mut unescaped = Vec::with_capacity(plain.len());
+            u.push(&plain, end, &mut unescaped);
+            plain = unescaped;
+        }
         let Some(r) = &mut self.replacer else {
             return Ok(plain);
         };
@@ -123,6 +220,30 @@ impl Transform {
                 Err(Box::new(Refused(idx)))
             }
         }
+    }
+}
+
+impl Transform {
+    /// Runs each trailer value through the same patterns as the data (scrubbed in responses;
+    /// refused for a token of another host in requests).
+    fn trailers(&mut self, trailers: &mut hyper::HeaderMap) -> Result<(), BoxError> {
+        let Some(set) = &self.set else {
+            return Ok(());
+        };
+        for v in trailers.values_mut() {
+            match set.replace_all(v.as_bytes()) {
+                Ok(Some(new)) => {
+                    *v = hyper::header::HeaderValue::from_bytes(&new)
+                        .map_err(|_| -> BoxError { "a trailer kz cannot rewrite".into() })?
+                }
+                Ok(None) => {}
+                Err(idx) => {
+                    *self.report.refused.lock().unwrap() = Some(idx);
+                    return Err(Box::new(Refused(idx)));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -160,8 +281,18 @@ impl HttpBody for Transform {
                             .fetch_add(out.len() as u64, Ordering::Relaxed);
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
-                    // Trailers pass through after whatever is still held back.
+                    // Trailers follow whatever is still held back, treated like the data.
                     Err(frame) => {
+                        let frame = match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                if let Err(e) = self.trailers(&mut trailers) {
+                                    self.done = true;
+                                    return Poll::Ready(Some(Err(e)));
+                                }
+                                Frame::trailers(trailers)
+                            }
+                            Err(other) => other,
+                        };
                         let rest = match self.process(&[], true) {
                             Ok(o) => o,
                             Err(e) => {
@@ -236,4 +367,64 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     full(Bytes::new())
+}
+
+/// Bodies buffered whole (to keep an exact `Content-Length`) share this many KiB across all
+/// connections; a request that would pass it is answered `503` instead of growing kz.
+pub const BUFFER_CEILING_KIB: usize = 256 << 10;
+static BUFFERED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BUFFER_CEILING_KIB);
+
+/// A share of the buffer ceiling, held while a body of `len` bytes is in memory; `None` when
+/// the ceiling is reached.
+pub fn reserve_buffer(len: u64) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    let kib = u32::try_from(len.div_ceil(1024)).ok()?;
+    BUFFERED.try_acquire_many(kib.max(1)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn stacked_codings_are_undone_in_reverse_and_bombs_are_cut() {
+        assert_eq!(
+            Coding::parse_list(["identity, gzip", "deflate"].into_iter()),
+            Ok(vec![Coding::Gzip, Coding::Deflate])
+        );
+        assert_eq!(
+            Coding::parse_list(["gzip, br"].into_iter()),
+            Err("br".into())
+        );
+        let twice = gzip(&gzip(b"hello world"));
+        let mut layers: Vec<Decoder> = [Coding::Gzip, Coding::Gzip]
+            .iter()
+            .rev()
+            .map(|c| Decoder::new(*c))
+            .collect();
+        assert_eq!(inflate(&mut layers, &twice, true).unwrap(), b"hello world");
+        // 200 MiB of zeros compress to about 200 KiB; inflating must stop at the ceiling.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..200 {
+            e.write_all(&zeros).unwrap();
+        }
+        let bomb = e.finish().unwrap();
+        let mut layers = vec![Decoder::new(Coding::Gzip)];
+        let err = inflate(&mut layers, &bomb, true).unwrap_err();
+        assert!(err.to_string().contains("compression bomb"), "{err}");
+    }
+
+    #[test]
+    fn the_buffer_ceiling_is_shared() {
+        let a = reserve_buffer((BUFFER_CEILING_KIB as u64 - 1) * 1024).unwrap();
+        assert!(reserve_buffer(4096).is_none());
+        drop(a);
+        assert!(reserve_buffer(4096).is_some());
+    }
 }

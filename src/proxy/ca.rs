@@ -2,7 +2,6 @@
 //! touches disk), minting a leaf certificate per intercepted host on first use and caching the
 //! resulting TLS server configuration (ALPN `h2`, `http/1.1`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -12,10 +11,13 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+/// Leaf certificates kept minted (a hostile client can ask for any number of wildcard names).
+pub const LEAF_CACHE: usize = 512;
+
 pub struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
-    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    leaves: Mutex<crate::lru::Lru<String, Arc<rustls::ServerConfig>>>,
 }
 
 impl Ca {
@@ -44,7 +46,7 @@ impl Ca {
         Ok(Ca {
             cert,
             key,
-            leaves: Mutex::new(HashMap::new()),
+            leaves: Mutex::new(crate::lru::Lru::new(LEAF_CACHE)),
         })
     }
 
@@ -60,7 +62,7 @@ impl Ca {
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
         let host = host.to_ascii_lowercase();
         if let Some(c) = self.leaves.lock().unwrap().get(&host) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let key = KeyPair::generate().map_err(|e| format!("leaf key: {e}"))?;
         let mut params = CertificateParams::default();

@@ -17,9 +17,12 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 
-use super::body::{collect_limited, empty, full, StreamReport, Transform};
+use super::body::{
+    collect_limited, empty, full, reserve_buffer, Coding, StreamReport, Transform, MAX_CODINGS,
+};
 use super::upstream::{Body, BoxError, PrivateAddress};
 use super::{split_authority, text_response, Dest, Proxy};
+use crate::blind::jsonesc::{is_json_like, JsonUnescape};
 use crate::blind::{basic_decoded, swap_basic, HostSwap};
 
 /// Bodies with a `Content-Length` up to this size are swapped whole, so the length stays exact.
@@ -91,7 +94,8 @@ fn swap_head(
         match swap.query.replace_all(q.as_bytes())? {
             Some(v) => {
                 seen.extend(swap.query.indices(q.as_bytes()));
-                path_and_query.push_str(&String::from_utf8(v).expect("percent-encoded values are ascii"));
+                path_and_query
+                    .push_str(&String::from_utf8(v).expect("percent-encoded values are ascii"));
             }
             None => path_and_query.push_str(q),
         }
@@ -296,12 +300,22 @@ async fn intercepted_inner(
         .and_then(|v| v.parse().ok());
     let req_report = Arc::new(StreamReport::default());
     let mut bytes_out: Option<u64> = None;
+    // Held until the exchange ends: this request's share of the buffer ceiling.
+    let mut _buffered = None;
     let body: Body = if body.is_end_stream() {
         bytes_out = Some(0);
         empty()
     } else if encoded {
         incoming(body)
-    } else if length.is_some_and(|l| l <= MAX_BUFFERED_REQUEST) {
+    } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
+        let Some(share) = reserve_buffer(l) else {
+            return proxy.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &dest.host,
+                "too many large bodies in flight; try again",
+            );
+        };
+        _buffered = Some(share);
         let data = match collect_limited(incoming(body), MAX_BUFFERED_REQUEST as usize).await {
             Ok(d) => d,
             Err(e) => {
@@ -324,7 +338,7 @@ async fn intercepted_inner(
         full(data)
     } else {
         headers.remove(CONTENT_LENGTH);
-        Transform::new(incoming(body), Some(set), false, req_report.clone())
+        Transform::new(incoming(body), Some(set), &[], req_report.clone())
             .with_seen(seen.clone())
             .boxed()
     };
@@ -380,21 +394,44 @@ async fn intercepted_inner(
     let (mut rparts, rbody) = resp.into_parts();
     scrub_headers(&proxy, &mut rparts.headers);
     rparts.version = Version::HTTP_11;
-    let encoding = rparts
+    // Every Content-Encoding header and every entry of each: a coding kz cannot undo, or more
+    // layers than it undoes, is refused rather than passed unscrubbed.
+    let values: Vec<&str> = rparts
         .headers
-        .get(CONTENT_ENCODING)
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    let codings = match Coding::parse_list(values.iter().copied()) {
+        Ok(c) if c.len() <= MAX_CODINGS => c,
+        Ok(c) => {
+            return proxy.refuse(
+                StatusCode::BAD_GATEWAY,
+                &dest.host,
+                &format!(
+                    "{} sent a response compressed {} times, which kz does not unwrap",
+                    dest.host,
+                    c.len()
+                ),
+            )
+        }
+        Err(enc) => {
+            return proxy.refuse(
+                StatusCode::BAD_GATEWAY,
+                &dest.host,
+                &format!(
+                    "{} sent a {enc:?}-encoded response, which kz cannot scrub",
+                    dest.host
+                ),
+            )
+        }
+    };
+    let gzip = !codings.is_empty();
+    let json_body = rparts
+        .headers
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
-    if let Some(enc) = encoding.as_deref().filter(|e| !gzip && *e != "identity") {
-        return text_response(
-            StatusCode::BAD_GATEWAY,
-            &format!(
-                "kz: {} sent a {enc}-encoded response, which kz cannot scrub\n",
-                dest.host
-            ),
-        );
-    }
+        .is_some_and(is_json_like);
     if gzip {
         rparts.headers.remove(CONTENT_ENCODING);
         rparts.headers.remove(CONTENT_LENGTH);
@@ -449,7 +486,12 @@ async fn intercepted_inner(
     let body: Body = if no_body {
         audit_line(0);
         incoming(rbody)
-    } else if !gzip && rlength.is_some_and(|l| l <= MAX_BUFFERED_RESPONSE) {
+    } else if let Some(share) = rlength
+        .filter(|l| !gzip && *l <= MAX_BUFFERED_RESPONSE)
+        .and_then(reserve_buffer)
+    {
+        // Buffered whole (within the shared ceiling; past it the response streams instead).
+        let _share = share;
         let data = match collect_limited(incoming(rbody), MAX_BUFFERED_RESPONSE as usize).await {
             Ok(d) => d,
             Err(e) => {
@@ -458,6 +500,13 @@ async fn intercepted_inner(
                     &format!("kz: reading response from {}: {e}\n", dest.host),
                 )
             }
+        };
+        let data = if json_body {
+            let mut out = Vec::with_capacity(data.len());
+            JsonUnescape::default().push(&data, true, &mut out);
+            Bytes::from(out)
+        } else {
+            data
         };
         let data = match proxy.table.scrubber().map(|s| s.replace_all(&data)) {
             Some(Ok(Some(v))) => Bytes::from(v),
@@ -471,9 +520,11 @@ async fn intercepted_inner(
     } else {
         rparts.headers.remove(CONTENT_LENGTH);
         let report = Arc::new(StreamReport::default());
-        Transform::new(incoming(rbody), proxy.table.scrubber(), gzip, report)
-            .on_end(Box::new(audit_line))
-            .boxed()
+        let mut t = Transform::new(incoming(rbody), proxy.table.scrubber(), &codings, report);
+        if json_body {
+            t = t.json();
+        }
+        t.on_end(Box::new(audit_line)).boxed()
     };
     Response::from_parts(rparts, body)
 }

@@ -128,14 +128,31 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u1
     Some((host.to_ascii_lowercase(), port))
 }
 
+/// How long a client may take to finish a TLS handshake on an intercepted connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts the next connection. When accepting fails (out of descriptors: `EMFILE`, `ENFILE`,
+/// or out of memory) it waits, doubling from 5 ms up to 1 s, instead of spinning.
+pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => return s,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Serves the explicit proxy on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            stream = accept(&listener) => {
                 let _ = stream.set_nodelay(true);
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
@@ -224,10 +241,8 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
                 return;
             };
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg)
-                .accept(TokioIo::new(upgraded))
-                .await
-            else {
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(TokioIo::new(upgraded));
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await else {
                 return;
             };
             let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);

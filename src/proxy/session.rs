@@ -136,6 +136,21 @@ pub fn build_proxy(
     audit: Arc<Audit>,
     transparent: bool,
 ) -> Result<Proxy, String> {
+    // A value this short cannot be told apart from ordinary response bytes, so it could not be
+    // scrubbed from what the upstream echoes: refuse it rather than pass it.
+    let short: Vec<String> = vars
+        .iter()
+        .filter(|(_, v)| v.expose().len() < crate::mask::MIN_MASK_LEN)
+        .map(|(n, _)| {
+            format!(
+                "{n}: its value is shorter than {} characters, too short to scrub from responses; blind mode refuses it",
+                crate::mask::MIN_MASK_LEN
+            )
+        })
+        .collect();
+    if !short.is_empty() {
+        return Err(short.join("\n"));
+    }
     let mut secrets = Vec::new();
     for (name, value) in vars {
         let (hosts, swap) = cfg

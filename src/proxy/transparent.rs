@@ -25,28 +25,60 @@ use super::{intercept, serve_intercepted, upstream, Dest, Proxy};
 pub const NAMESERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
 
 /// Names handed out by kz's resolver and the synthetic addresses standing for them.
-#[derive(Default)]
 pub struct NameMap {
-    inner: Mutex<(HashMap<String, Ipv4Addr>, HashMap<Ipv4Addr, String>)>,
+    inner: Mutex<Names>,
+    /// How many addresses the pool holds (from 198.18.1.0 on).
+    pool: u32,
+}
+
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<String, Ipv4Addr>,
+    by_addr: HashMap<Ipv4Addr, String>,
+    /// The next pool slot to hand out; wraps around.
+    next: u32,
+}
+
+/// 198.18.1.0 up to 198.19.255.254: the rest of the benchmarking range, never public space.
+const POOL_FIRST: u32 = 256;
+const POOL_LEN: u32 = (1 << 17) - 1 - POOL_FIRST;
+
+impl Default for NameMap {
+    fn default() -> Self {
+        NameMap::with_pool(POOL_LEN)
+    }
 }
 
 impl NameMap {
-    /// The synthetic address for `name`, allocated on first use from 198.18.1.0 upwards.
+    /// A map handing out at most `pool` addresses (tests use a small one).
+    pub fn with_pool(pool: u32) -> Self {
+        NameMap {
+            inner: Mutex::new(Names::default()),
+            pool: pool.clamp(1, POOL_LEN),
+        }
+    }
+
+    /// The synthetic address for `name`, allocated on first use from 198.18.1.0 upwards; when
+    /// the pool is used up, the oldest allocation is recycled, so addresses never leave
+    /// 198.18.0.0/15 and the map never grows past the pool.
     pub fn address_for(&self, name: &str) -> Ipv4Addr {
         let mut g = self.inner.lock().unwrap();
-        if let Some(a) = g.0.get(name) {
+        if let Some(a) = g.by_name.get(name) {
             return *a;
         }
-        let n = g.0.len() as u32 + 256;
-        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n);
-        g.0.insert(name.to_string(), addr);
-        g.1.insert(addr, name.to_string());
+        let slot = g.next;
+        g.next = (g.next + 1) % self.pool;
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + POOL_FIRST + slot);
+        if let Some(old) = g.by_addr.insert(addr, name.to_string()) {
+            g.by_name.remove(&old);
+        }
+        g.by_name.insert(name.to_string(), addr);
         addr
     }
 
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
         match addr {
-            IpAddr::V4(v4) => self.inner.lock().unwrap().1.get(&v4).cloned(),
+            IpAddr::V4(v4) => self.inner.lock().unwrap().by_addr.get(&v4).cloned(),
             IpAddr::V6(_) => None,
         }
     }
@@ -90,9 +122,7 @@ async fn classify(stream: &TcpStream) -> Peeked {
 /// Serves redirected connections from `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let stream = super::accept(&listener).await;
         let _ = stream.set_nodelay(true);
         let (proxy, names) = (proxy.clone(), names.clone());
         tokio::spawn(async move { handle(stream, proxy, names).await });
@@ -127,7 +157,8 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
             let Ok(cfg) = proxy.ca.server_config(&name) else {
                 return;
             };
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await else {
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+            let Ok(Ok(tls)) = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, accept).await else {
                 return;
             };
             let dest = Dest {
@@ -228,9 +259,7 @@ pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>
 pub async fn serve_dns_tcp(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let mut stream = super::accept(&listener).await;
         let (proxy, names) = (proxy.clone(), names.clone());
         tokio::spawn(async move {
             loop {
@@ -255,5 +284,43 @@ pub async fn serve_dns_tcp(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_pool_recycles_inside_the_benchmarking_range() {
+        let range =
+            |a: Ipv4Addr| (u32::from(a) >> 17) == (u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 17);
+        let full = NameMap::default();
+        let first = full.address_for("a.test");
+        assert_eq!(first, Ipv4Addr::new(198, 18, 1, 0));
+        assert_eq!(
+            full.address_for("a.test"),
+            first,
+            "stable while in the pool"
+        );
+        let small = NameMap::with_pool(3);
+        let addrs: Vec<Ipv4Addr> = (0..10)
+            .map(|i| small.address_for(&format!("h{i}.test")))
+            .collect();
+        assert!(addrs.iter().all(|a| range(*a)), "{addrs:?}");
+        assert_eq!(addrs[0], addrs[3], "recycled");
+        assert_eq!(small.inner.lock().unwrap().by_name.len(), 3);
+        assert_eq!(
+            small.name_of(IpAddr::V4(addrs[9])).as_deref(),
+            Some("h9.test")
+        );
+        assert_eq!(
+            small.name_of(IpAddr::V4(addrs[9])),
+            small.name_of(IpAddr::V4(addrs[0]))
+        );
+        // The last address of the full pool is still inside 198.18.0.0/15.
+        let last =
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + POOL_FIRST + POOL_LEN - 1);
+        assert_eq!(last, Ipv4Addr::new(198, 19, 255, 254));
     }
 }

@@ -284,7 +284,10 @@ echo "token=$OTHER"
     assert_eq!(code, 0, "{out}{err}");
     let token = out.trim().strip_prefix("token=").unwrap().to_string();
     let reqs = b.up.requests();
-    let stored = reqs.iter().find(|r| r.target.starts_with("/store/")).unwrap();
+    let stored = reqs
+        .iter()
+        .find(|r| r.target.starts_with("/store/"))
+        .unwrap();
     assert_eq!(
         stored.header("authorization"),
         Some(format!("Bearer {REAL_OTHER}").as_str()),
@@ -299,9 +302,109 @@ echo "token=$OTHER"
     assert_eq!(String::from_utf8_lossy(&form.body), format!("note={token}"));
     for r in &reqs {
         assert!(
-            !String::from_utf8_lossy(&r.body).contains(REAL_OTHER) && !r.target.contains(REAL_OTHER),
+            !String::from_utf8_lossy(&r.body).contains(REAL_OTHER)
+                && !r.target.contains(REAL_OTHER),
             "the value went where the secret did not opt in: {}",
             r.all()
         );
     }
+}
+
+/// A blind project whose secret has characters every encoding treats specially.
+fn echo_project() -> (
+    crate::util::Sandbox,
+    crate::upstream::Upstream,
+    &'static str,
+) {
+    let sb = crate::util::Sandbox::new();
+    let up = crate::upstream::start();
+    sb.config(&format!(
+        r#"
+[secrets]
+ECHO = {{ provider = "env", ref = "REAL_ECHO", hosts = ["api.kz.test:{port}"] }}
+[network]
+hosts = {{ "api.kz.test" = "127.0.0.1" }}
+upstream_ca = {ca:?}
+[audit]
+path = "audit.jsonl"
+"#,
+        port = up.port,
+        ca = crate::util::fixture("tls/ca.pem").to_str().unwrap()
+    ));
+    (sb, up, "sk-echo/V4lue+&=xyz_0123456789\"q")
+}
+
+#[test]
+fn an_upstream_echoing_the_value_in_every_form_never_hands_it_over() {
+    let (sb, up, real) = echo_project();
+    let script = format!(
+        r#"
+U="https://api.kz.test:{port}/echo-forms"
+for v in 1.1 2; do
+  for enc in "" "?enc=gzip" "?enc=gzip,gzip"; do
+    n=$(echo "$v$enc" | tr -c 'a-z0-9' '_')
+    curl -sS --http$v --compressed -D "h$n.txt" -o "b$n.bin" "$U$enc" -H "Authorization: Bearer $ECHO" \
+      -w "%{{http_code}}\n"
+    curl -sS --http$v --raw -o "r$n.bin" "$U$enc" -H "Authorization: Bearer $ECHO"
+  done
+done
+for enc in "gzip,gzip,gzip" "br" "gzip,zstd"; do
+  curl -sS -o /dev/null -w "$enc %{{http_code}}\n" "$U?enc=$enc" -H "Authorization: Bearer $ECHO"
+done
+"#,
+        port = up.port
+    );
+    let (code, out, err) = crate::util::run(sb.kz().env("REAL_ECHO", real).args([
+        "run",
+        "--blind",
+        "-q",
+        "--no-mask",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| *l == "200").count(),
+        6,
+        "every form came back: {out}"
+    );
+    for refused in ["gzip,gzip,gzip 502", "br 502", "gzip,zstd 502"] {
+        assert!(out.contains(refused), "{refused}: {out}");
+    }
+    // The upstream really echoed the value (the corpus is not empty).
+    assert!(up
+        .requests()
+        .iter()
+        .any(|r| r.header("authorization") == Some(format!("Bearer {real}").as_str())));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
+        .collect();
+    assert_eq!(files.len(), 18, "{files:?}");
+    let check = std::process::Command::new(crate::util::python())
+        .arg(crate::util::fixture("leak_check.py"))
+        .arg(real)
+        .args(&files)
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(verdict.trim(), "clean", "{verdict}");
+    // Trailers arrived, scrubbed to the token, over HTTP/1.1 and HTTP/2.
+    let headers = std::fs::read_to_string(sb.path().join("h1_1_.txt")).unwrap()
+        + &std::fs::read_to_string(sb.path().join("h2_.txt")).unwrap();
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .matches("x-trailer-echo: kz_tok_")
+            .count()
+            >= 1,
+        "{headers}"
+    );
+    let audit = std::fs::read_to_string(sb.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("kz does not unwrap"), "{audit}");
+    assert!(audit.contains("cannot scrub"), "{audit}");
 }

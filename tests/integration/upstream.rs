@@ -136,6 +136,54 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+fn hex(v: &str) -> String {
+    v.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn percent_lower(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// Every form of `v` an echoing upstream might use, keyed by the form's name.
+pub fn echo_corpus(v: &str) -> serde_json::Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Every other character as a \uXXXX escape, and every character escaped.
+    let mixed: String = v
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let all_escaped: String = v.chars().map(|c| format!("\\u{:04X}", c as u32)).collect();
+    serde_json::json!({
+        "raw": v,
+        "hex": hex(v),
+        "hex_upper": hex(v).to_ascii_uppercase(),
+        "pct_lower": percent_lower(v),
+        "b64": b64.encode(v),
+        "b64url": url.encode(v),
+        "b64_inside": b64.encode(format!("user:{v}")),
+        "json_mixed": serde_json::Value::String(format!("RAWJSON:{mixed}")),
+        "json_all": serde_json::Value::String(format!("RAWJSON:{all_escaped}")),
+        "slash": v.replace('/', "\\/"),
+    })
+}
+
 fn pkt(line: &str) -> String {
     format!("{:04x}{line}", line.len() + 4)
 }
@@ -226,6 +274,62 @@ async fn handle(
             let mut r = Response::new(full(gzip(echo().as_bytes())));
             r.headers_mut()
                 .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+        // The bearer value echoed back in every form a scrubber must know, in headers, a
+        // JSON body (mixed `\uXXXX` escapes, `\/`), hex, lower-case percent-encoding and
+        // base64, then in trailers; `?enc=` wraps the body in stacked codings.
+        "/echo-forms" => {
+            let v = s
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or("")
+                .to_string();
+            let corpus = echo_corpus(&v);
+            // Serialised, then the escapes put in as JSON escapes rather than as text.
+            let mut body = serde_json::to_string(&corpus)
+                .unwrap()
+                .replace("RAWJSON:", "")
+                .replace("\\\\u", "\\u")
+                .replace("\\\\/", "\\/")
+                .into_bytes();
+            let encodings: Vec<String> = s
+                .target
+                .split_once("enc=")
+                .map(|(_, e)| e.split(',').map(String::from).collect())
+                .unwrap_or_default();
+            for e in &encodings {
+                if e == "gzip" {
+                    body = gzip(&body);
+                }
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            let trailer_value = v.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from(body)))).await;
+                let mut t = hyper::HeaderMap::new();
+                t.insert("x-trailer-echo", trailer_value.parse().unwrap());
+                t.insert("x-trailer-hex", hex(&trailer_value).parse().unwrap());
+                let _ = tx.send(Ok(Frame::trailers(t))).await;
+            });
+            let mut r = Response::new(BodyExt::boxed(ChannelBody(rx)));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("trailer", "x-trailer-echo, x-trailer-hex".parse().unwrap());
+            r.headers_mut()
+                .insert("x-echo-hex", hex(&v).to_ascii_uppercase().parse().unwrap());
+            r.headers_mut()
+                .insert("x-echo-pct", percent_lower(&v).parse().unwrap());
+            // A first `identity` header, then the real codings: every header counts.
+            if !encodings.is_empty() {
+                r.headers_mut()
+                    .append("content-encoding", "identity".parse().unwrap());
+                for e in &encodings {
+                    r.headers_mut()
+                        .append("content-encoding", e.parse().unwrap());
+                }
+            }
             r
         }
         "/sse" => {

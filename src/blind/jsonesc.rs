@@ -1,0 +1,116 @@
+//! Undoing the JSON escapes that can hide printable ASCII (`\u0041`, `\/`) in responses, so a
+//! value echoed with any mix of escaped and literal characters is still found by the scrubber.
+//! The result is the same JSON: every `\uXXXX` escape of an ASCII character is rewritten the
+//! way a serialiser writes that character (itself, or `\"`, `\\`, `\n`, …); non-ASCII
+//! escapes stay as they are.
+
+/// Streaming state: the tail of the previous chunk that may be an unfinished escape.
+#[derive(Default)]
+pub struct JsonUnescape {
+    held: Vec<u8>,
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+}
+
+/// An ASCII character written the way a JSON serialiser writes it (as `serde_json` does, and
+/// so as kz's own JSON form of each value): itself, a short escape, or `\u00xx`.
+fn canonical(c: u8, out: &mut Vec<u8>) {
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        c if c < 0x20 => out.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+        c => out.push(c),
+    }
+}
+
+impl JsonUnescape {
+    /// Appends `data`, unescaped, to `out`; with `end`, also whatever is still held.
+    pub fn push(&mut self, data: &[u8], end: bool, out: &mut Vec<u8>) {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(data);
+        let mut i = 0;
+        while i < buf.len() {
+            if buf[i] != b'\\' {
+                let next = buf[i..]
+                    .iter()
+                    .position(|b| *b == b'\\')
+                    .map_or(buf.len(), |p| i + p);
+                out.extend_from_slice(&buf[i..next]);
+                i = next;
+                continue;
+            }
+            let need = match buf.get(i + 1) {
+                Some(b'u') => 6,
+                Some(_) => 2,
+                None => 2,
+            };
+            if i + need > buf.len() {
+                if end {
+                    out.extend_from_slice(&buf[i..]);
+                } else {
+                    self.held = buf[i..].to_vec();
+                }
+                return;
+            }
+            match buf[i + 1] {
+                b'/' => out.push(b'/'),
+                b'u' => match hex4(&buf[i + 2..i + 6]) {
+                    Some(c) if c < 0x80 => canonical(c as u8, out),
+                    _ => out.extend_from_slice(&buf[i..i + 6]),
+                },
+                // Any other escape, `\\` included, is kept whole, so the byte after it is
+                // never taken for the start of another escape.
+                _ => out.extend_from_slice(&buf[i..i + 2]),
+            }
+            i += need;
+        }
+    }
+}
+
+/// Whether a response of this content type is JSON text (or carries JSON, as server-sent events
+/// of LLM APIs do), so that undoing escapes keeps its meaning.
+pub fn is_json_like(content_type: &str) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    ct.contains("json") || ct.starts_with("text/event-stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        JsonUnescape::default().push(data, true, &mut out);
+        out
+    }
+
+    #[test]
+    fn printable_escapes_become_characters_and_the_json_keeps_its_meaning() {
+        assert_eq!(
+            all(br#"{"k":"s\u006b-\u0061b\/c \"q\" \\u0041 \u0022 \u005c \n \u00e9"}"#),
+            br#"{"k":"sk-ab/c \"q\" \\u0041 \" \\ \n \u00e9"}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn any_split_gives_the_same_result() {
+        let text = br#"x \u0073\u006B-\u0041\/\\\u0042 \\\/ y"#;
+        let whole = all(text);
+        for cut in 0..text.len() {
+            let mut u = JsonUnescape::default();
+            let mut out = Vec::new();
+            u.push(&text[..cut], false, &mut out);
+            u.push(&text[cut..], true, &mut out);
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+    }
+}
