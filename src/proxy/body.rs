@@ -371,7 +371,7 @@ pub fn empty() -> Body {
 
 /// Bodies buffered whole (to keep an exact `Content-Length`) share this many KiB across all
 /// connections; a request that would pass it is answered `503` instead of growing kz.
-pub const BUFFER_CEILING_KIB: usize = 256 << 10;
+pub const BUFFER_CEILING_KIB: usize = 64 << 10;
 static BUFFERED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BUFFER_CEILING_KIB);
 
 /// A share of the buffer ceiling, held while a body of `len` bytes is in memory; `None` when

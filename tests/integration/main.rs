@@ -10,6 +10,7 @@ mod deploy;
 mod helm;
 mod inject;
 mod isolate;
+mod load;
 mod local;
 mod mcp;
 mod onepassword;

@@ -332,6 +332,22 @@ async fn handle(
             }
             r
         }
+        // 200 MiB of zeros in about 200 KiB of gzip.
+        "/bomb" => {
+            static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let data = BOMB.get_or_init(|| {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..200 {
+                    e.write_all(&zeros).unwrap();
+                }
+                e.finish().unwrap()
+            });
+            let mut r = Response::new(full(data.clone()));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
         "/sse" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             tokio::spawn(async move {
