@@ -21,6 +21,7 @@ use super::body::{
     collect_limited, empty, full, reserve_buffer, Coding, StreamReport, Transform, MAX_CODINGS,
 };
 use super::upstream::{Body, BoxError, PrivateAddress};
+use super::ws;
 use super::{split_authority, text_response, Dest, Proxy};
 use crate::blind::jsonesc::{is_json_like, JsonUnescape};
 use crate::blind::{basic_decoded, swap_basic, HostSwap};
@@ -642,6 +643,8 @@ async fn websocket(
         .parse()
         .unwrap_or_else(|_| "/".parse().expect("valid"));
     *up.headers_mut() = head.headers;
+    // No compression extension: kz must read every frame to scrub it.
+    up.headers_mut().remove("sec-websocket-extensions");
     let default_port = if dest.tls { 443 } else { 80 };
     let host_value = if dest.port == default_port {
         dest.host.clone()
@@ -701,13 +704,48 @@ async fn websocket(
         };
         out.headers_mut().append(name.clone(), value);
     }
+    // The agent's frames may carry tokens (swapped where the secret opted in to "body", refused
+    // for another host's secret); the upstream's are scrubbed.
+    let outbound = proxy.table.for_host(&dest.host, dest.port).body_raw.clone();
+    let inbound = proxy.table.scrubber().cloned();
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = tokio::join!(on_client, on_upstream) else {
             return;
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        use tokio::io::AsyncWriteExt;
+        let (client_r, mut client_w) = tokio::io::split(TokioIo::new(client));
+        let (up_r, up_w) = tokio::io::split(TokioIo::new(upstream));
+        let stop = {
+            let down = ws::pump(up_r, &mut client_w, ws::Rewriter::new(inbound));
+            let up = ws::pump(client_r, up_w, ws::Rewriter::new(Some(outbound)));
+            tokio::select! {
+                s = down => s,
+                s = up => s,
+            }
+        };
+        // Both directions have stopped; the agent gets one close frame saying why.
+        match stop {
+            ws::Stop::Refused(i) => {
+                let reason = format!(
+                    "token of secret {} may not be sent to {} in a websocket message",
+                    proxy.table.name(i),
+                    dest.host
+                );
+                let _ = proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &reason);
+                let _ = client_w
+                    .write_all(&ws::close_frame(1008, "kz: refused"))
+                    .await;
+            }
+            ws::Stop::Unreadable(why) => {
+                let reason = format!("{}: {why}; kz cannot scrub it", dest.host);
+                let _ = proxy.refuse(StatusCode::BAD_GATEWAY, &dest.host, &reason);
+                let _ = client_w
+                    .write_all(&ws::close_frame(1011, "kz: unreadable frame"))
+                    .await;
+            }
+            ws::Stop::Closed => {}
+        }
+        let _ = client_w.shutdown().await;
     });
     out
 }

@@ -11,6 +11,7 @@ pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod transparent;
 pub mod upstream;
+pub mod ws;
 
 use std::convert::Infallible;
 

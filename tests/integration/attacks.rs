@@ -408,3 +408,102 @@ done
     assert!(audit.contains("kz does not unwrap"), "{audit}");
     assert!(audit.contains("cannot scrub"), "{audit}");
 }
+
+#[test]
+fn websocket_frames_are_scrubbed_across_fragments_and_foreign_tokens_refused() {
+    let b = Blind::new();
+    let script = r#"
+import os, socket, ssl, base64, struct
+p = os.environ["HTTPS_PROXY"]
+cred, hostport = p[len("http://"):].split("@")
+ph, pp = hostport.split(":")
+port = int(os.environ["UP"].rsplit(":", 1)[1])
+s = socket.create_connection((ph, int(pp)))
+s.sendall(("CONNECT api.kz.test:%d HTTP/1.1\r\nHost: api.kz.test:%d\r\nProxy-Authorization: Basic %s\r\n\r\n" % (port, port, base64.b64encode(cred.encode()).decode())).encode())
+assert s.recv(4096).startswith(b"HTTP/1.1 200"), "connect"
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="api.kz.test")
+t.sendall(("GET /ws-echo-auth HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\nAuthorization: Bearer %s\r\n\r\n" % (port, os.environ["GH"])).encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += t.recv(4096)
+head, buf = buf.split(b"\r\n\r\n", 1)
+print(head.split(b"\r\n")[0].decode())
+
+def send(payload, opcode=1):
+    mask = b"\x0a\x0b\x0c\x0d"
+    t.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
+
+def frame():
+    global buf
+    while True:
+        if len(buf) >= 2:
+            n, at = buf[1] & 0x7f, 2
+            if n == 126 and len(buf) >= 4:
+                n, at = struct.unpack(">H", buf[2:4])[0], 4
+            if n != 126 and len(buf) >= at + n:
+                f = (buf[0], buf[at:at + n]); buf = buf[at + n:]; return f
+        more = t.recv(65536)
+        if not more:
+            return None
+        buf += more
+
+send(b"hello")
+message = b""
+while True:
+    b0, payload = frame()
+    message += payload
+    if b0 & 0x80:
+        break
+print("message", message.decode())
+send(("smuggle " + os.environ["OTHER"]).encode())
+f = frame()
+print("close", f and f[0] & 0x0f, f and struct.unpack(">H", f[1][:2])[0])
+"#;
+    let (code, out, err) = b.run_sh(&format!("\"$PY\" -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("HTTP/1.1 101"), "{out}");
+    let message = out
+        .lines()
+        .find(|l| l.starts_with("message "))
+        .unwrap_or_else(|| panic!("{out}{err}"));
+    assert!(
+        message.contains("echo:hello auth:Bearer KZ_TOK_"),
+        "{message}"
+    );
+    assert!(!message.contains(REAL_GH), "{message}");
+    let hex: String = format!("Bearer {REAL_GH}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!message.contains(&hex), "hex form scrubbed: {message}");
+    assert!(out.contains("close 8 1008"), "{out}");
+    let reqs = b.up.requests();
+    let handshake = reqs.iter().find(|r| r.target == "/ws-echo-auth").unwrap();
+    assert_eq!(
+        handshake.header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+    assert!(
+        handshake.header("sec-websocket-extensions").is_none(),
+        "no compression negotiated"
+    );
+    let frames: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.target == "/ws-frame")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(
+        frames,
+        vec!["hello".to_string()],
+        "the smuggling frame never left kz"
+    );
+    let audit = std::fs::read_to_string(b.sb.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains(
+            "token of secret OTHER may not be sent to api.kz.test in a websocket message"
+        ),
+        "{audit}"
+    );
+}

@@ -405,6 +405,78 @@ async fn handle(
                 r
             }
         }
+        // A chatty WebSocket peer: for each text frame it answers in two fragments that echo the
+        // payload and the handshake's Authorization (swapped by kz: the real value), split in
+        // the middle, then in hex; every frame it receives is recorded as a `/ws-frame` request.
+        "/ws-echo-auth" => {
+            let Some(key) = ws_key else {
+                return Ok(Response::new(full("not a websocket request")));
+            };
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+            ctx.update(key.as_bytes());
+            ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+            use base64::Engine;
+            let accept = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+            let auth = s.header("authorization").unwrap_or("").to_string();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(up) = ws_upgrade.await else { return };
+                let mut io = TokioIo::new(up);
+                loop {
+                    let mut head = [0u8; 2];
+                    if io.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let mut len = (head[1] & 0x7f) as usize;
+                    if len == 126 {
+                        let mut l = [0u8; 2];
+                        io.read_exact(&mut l).await.unwrap();
+                        len = u16::from_be_bytes(l) as usize;
+                    }
+                    let mut mask = [0u8; 4];
+                    io.read_exact(&mut mask).await.unwrap();
+                    let mut payload = vec![0u8; len];
+                    io.read_exact(&mut payload).await.unwrap();
+                    for (i, b) in payload.iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                    seen.lock().unwrap().push(Seen {
+                        version: "ws".into(),
+                        method: "FRAME".into(),
+                        target: "/ws-frame".into(),
+                        headers: vec![],
+                        body: payload.clone(),
+                    });
+                    if head[0] & 0x0f == 0x8 {
+                        return;
+                    }
+                    let half = auth.len() / 2;
+                    let mut one = b"echo:".to_vec();
+                    one.extend_from_slice(&payload);
+                    one.extend_from_slice(format!(" auth:{}", &auth[..half]).as_bytes());
+                    let two = format!("{} hex:{}", &auth[half..], hex(&auth)).into_bytes();
+                    let mut out = Vec::new();
+                    for (first, fin, data) in [(true, false, one), (false, true, two)] {
+                        let op = if first { 0x01 } else { 0x00 };
+                        out.push(if fin { 0x80 | op } else { op });
+                        out.push(126);
+                        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                        out.extend_from_slice(&data);
+                    }
+                    let _ = io.write_all(&out).await;
+                    let _ = io.flush().await;
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
+            r
+        }
         "/ws" => {
             let Some(key) = ws_key else {
                 return Ok(Response::new(full("not a websocket request")));
