@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::blind::replace::{PatternSet, StreamReplacer};
 
-pub const CONCEALED: &[u8] = b"<concealed by kz>";
+pub const CONCEALED: &[u8] = CONCEALED_TEXT.as_bytes();
+pub const CONCEALED_TEXT: &str = "<concealed by kz>";
 
 /// Values shorter than this are not masked: concealing every `a` or `42` would garble output.
 pub const MIN_MASK_LEN: usize = 4;

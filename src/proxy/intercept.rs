@@ -33,7 +33,7 @@ pub const MAX_BUFFERED_RESPONSE: u64 = 1 << 20;
 /// How long an upstream may take to send response headers.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn incoming(b: Incoming) -> Body {
+pub fn incoming(b: Incoming) -> Body {
     b.map_err(|e| -> super::upstream::BoxError { Box::new(e) })
         .boxed()
 }
@@ -172,7 +172,7 @@ fn refuse_token(proxy: &Proxy, dest: &Dest, index: usize) -> Response<Body> {
 }
 
 /// The `Host` (or `:authority`) must name the destination.
-fn host_agrees(req: &Request<Incoming>, dest: &Dest) -> Result<(), String> {
+fn host_agrees(req: &Request<Body>, dest: &Dest) -> Result<(), String> {
     let claimed = req
         .uri()
         .authority()
@@ -204,7 +204,7 @@ fn host_agrees(req: &Request<Incoming>, dest: &Dest) -> Result<(), String> {
     }
 }
 
-fn is_websocket(req: &Request<Incoming>) -> bool {
+fn is_websocket(req: &Request<Body>) -> bool {
     req.version() == Version::HTTP_11
         && req
             .headers()
@@ -219,7 +219,7 @@ pub fn intercepted(
     dest: Dest,
     misdirected: Option<String>,
     lane: Option<Arc<Lane>>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
     Box::pin(intercepted_inner(proxy, dest, misdirected, lane, req))
 }
@@ -229,7 +229,7 @@ async fn intercepted_inner(
     dest: Dest,
     misdirected: Option<String>,
     lane: Option<Arc<Lane>>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
     if let Some(sni) = misdirected {
@@ -307,7 +307,7 @@ async fn intercepted_inner(
         bytes_out = Some(0);
         empty()
     } else if encoded {
-        incoming(body)
+        body
     } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
         let Some(share) = reserve_buffer(l) else {
             return proxy.refuse(
@@ -317,7 +317,7 @@ async fn intercepted_inner(
             );
         };
         _buffered = Some(share);
-        let data = match collect_limited(incoming(body), MAX_BUFFERED_REQUEST as usize).await {
+        let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
             Ok(d) => d,
             Err(e) => {
                 return text_response(
@@ -339,7 +339,7 @@ async fn intercepted_inner(
         full(data)
     } else {
         headers.remove(CONTENT_LENGTH);
-        Transform::new(incoming(body), Some(set), &[], req_report.clone())
+        Transform::new(body, Some(set), &[], req_report.clone())
             .with_seen(seen.clone())
             .boxed()
     };

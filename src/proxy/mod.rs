@@ -105,8 +105,13 @@ pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
         "content-type",
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r.headers_mut()
+        .insert(KZ_ANSWER, HeaderValue::from_static("refused"));
     r
 }
+
+/// Marks a response kz wrote itself (a refusal or an upstream failure), not the upstream's.
+pub const KZ_ANSWER: &str = "x-kz-answer";
 
 /// Splits `host:port` / `[v6]:port`, with a default port.
 pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
@@ -218,7 +223,7 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
     }
     let dest = Dest { host, port, tls };
-    Ok(intercept::intercepted(proxy, dest, None, None, req).await)
+    Ok(intercept::intercepted(proxy, dest, None, None, req.map(intercept::incoming)).await)
 }
 
 async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
@@ -326,8 +331,13 @@ pub async fn serve_intercepted<IO>(
     let io = TokioIo::new(tls);
     if h2 {
         let svc = service_fn(move |req: Request<Incoming>| {
-            let fut =
-                intercept::intercepted(proxy.clone(), dest.clone(), misdirected.clone(), None, req);
+            let fut = intercept::intercepted(
+                proxy.clone(),
+                dest.clone(),
+                misdirected.clone(),
+                None,
+                req.map(intercept::incoming),
+            );
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -343,7 +353,7 @@ pub async fn serve_intercepted<IO>(
             dest.clone(),
             misdirected.clone(),
             Some(lane.clone()),
-            req,
+            req.map(intercept::incoming),
         );
         async move { Ok::<_, Infallible>(fut.await) }
     });

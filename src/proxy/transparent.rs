@@ -177,7 +177,13 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
                 tls: false,
             };
             let svc = service_fn(move |req: Request<Incoming>| {
-                let fut = intercept::intercepted(proxy.clone(), dest.clone(), None, None, req);
+                let fut = intercept::intercepted(
+                    proxy.clone(),
+                    dest.clone(),
+                    None,
+                    None,
+                    req.map(intercept::incoming),
+                );
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

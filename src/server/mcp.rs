@@ -122,7 +122,8 @@ fn tools() -> Vec<Tool> {
             "content_type": {"type": "string"},
             "body": {"type": "string"},
             "truncated": {"type": "boolean"},
-            "location": {"type": "string"}
+            "location": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}}
         },
         "required": ["status", "content_type", "body", "truncated"]
     })));
@@ -155,21 +156,25 @@ impl KzMcp {
         s: &crate::config::SecretSpec,
         action: &str,
     ) -> crate::policy::decide::Decision {
-        let subject = Subject {
+        self.decide_subject(&Subject {
             reference: &s.reference,
             provider: Some(s.provider),
             name: Some(&s.name),
             action,
-        };
+        })
+    }
+
+    /// Decides and writes the decision-log line (a bundle secret or a raw ref alike).
+    fn decide_subject(&self, subject: &Subject<'_>) -> crate::policy::decide::Decision {
         match &self.server {
-            Some(server) => server.decide_logged(&self.engine, &self.claims, &subject).0,
+            Some(server) => server.decide_logged(&self.engine, &self.claims, subject).0,
             None => {
                 let start = std::time::Instant::now();
-                let d = self.engine.decide(&self.claims, &subject);
+                let d = self.engine.decide(&self.claims, subject);
                 let line = json!({
                     "time": crate::time::Utc::now().rfc3339(), "event": "decision",
                     "issuer": self.claims.get("iss"), "subject": self.claims.get("sub"),
-                    "ref": s.reference, "name": s.name, "action": action,
+                    "ref": subject.reference, "name": subject.name, "action": subject.action,
                     "decision": if d.allowed { "allow" } else { "deny" }, "matched": d.matched,
                     "latency_ms": (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 });
@@ -202,15 +207,12 @@ impl KzMcp {
         };
         let Some(s) = self.secret_by_name(r) else {
             // A provider ref rather than a bundle name: decided as such, never revealed here.
-            let d = self.engine.decide(
-                &self.claims,
-                &Subject {
-                    reference: r,
-                    provider: None,
-                    name: None,
-                    action: "resolve",
-                },
-            );
+            let d = self.decide_subject(&Subject {
+                reference: r,
+                provider: None,
+                name: None,
+                action: "resolve",
+            });
             return tool_ok(
                 json!({"allowed": d.allowed, "handle": if d.allowed { Value::from(r) } else { Value::Null }, "hosts": []}),
             );

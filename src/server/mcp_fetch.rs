@@ -1,8 +1,11 @@
-//! The MCP `fetch` tool: kz makes the request with the credential injected, only to a host the
-//! secret is bound to, over HTTPS, following no redirect, refusing caller-supplied
-//! `Authorization`/`Cookie` and URL credentials, capping size and time, and scrubbing the
-//! credential (and its encoded forms) out of the response.
+//! The MCP `fetch` tool, a front door of the blind-mode proxy engine: the request carries a
+//! token where the credential goes, and `proxy::intercept` swaps it (only towards a host the
+//! secret is bound to, over HTTPS), forwards, follows no redirect, and scrubs the response in
+//! every form it knows, exactly as for a blind agent. Here kz also refuses caller-supplied
+//! `Authorization`/`Cookie` and URL credentials, caps size and time, and shows the caller
+//! `<concealed by kz>` wherever the credential was echoed, in every field of the result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -91,32 +94,48 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         Ok(v) => v,
         Err(e) => return error(format!("{name}: {e}")),
     };
+    if value.expose().len() < crate::mask::MIN_MASK_LEN {
+        return error(format!(
+            "{name}: its value is shorter than {} characters, too short to scrub from responses",
+            crate::mask::MIN_MASK_LEN
+        ));
+    }
+    // The request carries a token where the credential goes; the proxy engine swaps it (towards
+    // a bound host only), forwards, and scrubs the response, exactly as for a blind agent.
+    let swap = crate::config::Swap {
+        query: scheme == "query",
+        ..crate::config::Swap::default()
+    };
+    let table = Arc::new(crate::blind::TokenTable::new(vec![(
+        name.to_string(),
+        value,
+        secret.hosts.clone(),
+        swap,
+    )]));
+    let token = table.secrets[0].token.clone();
     let mut target = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     match scheme {
-        "bearer" => headers.push(("authorization".into(), format!("Bearer {}", value.expose()))),
+        "bearer" => headers.push(("authorization".into(), format!("Bearer {token}"))),
         "basic" => {
             let user = auth.get("name").and_then(Value::as_str).unwrap_or("");
-            let enc = base64::engine::general_purpose::STANDARD
-                .encode(format!("{user}:{}", value.expose()));
+            let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));
             headers.push(("authorization".into(), format!("Basic {enc}")));
         }
         "header" => {
             let Some(h) = auth.get("name").and_then(Value::as_str) else {
                 return error("scheme header needs auth.name (the header)");
             };
-            headers.push((h.to_string(), value.expose().to_string()));
+            headers.push((h.to_string(), token.clone()));
         }
         "query" => {
             let Some(p) = auth.get("name").and_then(Value::as_str) else {
                 return error("scheme query needs auth.name (the parameter)");
             };
-            let enc =
-                percent_encoding::utf8_percent_encode(value.expose(), crate::blind::URL_ENCODE_SET);
             target.push(if target.contains('?') { '&' } else { '?' });
-            target.push_str(&format!("{p}={enc}"));
+            target.push_str(&format!("{p}={token}"));
         }
         other => {
             return error(format!(
@@ -134,10 +153,10 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let full_uri = format!("https://{}{}", authority.as_str(), target);
     let mut req = hyper::Request::builder()
         .method(method.as_str())
-        .uri(&full_uri);
+        .uri(&target)
+        .header("host", authority.as_str());
     for (k, v) in &headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -149,51 +168,36 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         Some(p) => crate::http::read_pem_certs(p).unwrap_or_default(),
         None => Vec::new(),
     };
-    let upstream = crate::proxy::upstream::Upstream::new(
-        crate::proxy::upstream::Resolver::new(net.hosts.clone(), net.allow_private),
-        &extra,
-    );
-    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        if let Err(e) = upstream.resolver.resolve(&host, port).await {
-            return error(e.to_string());
-        }
-    }
-    let resp = match tokio::time::timeout(TIMEOUT, upstream.send(req)).await {
-        Err(_) => {
-            return error(format!(
-                "{host} did not answer within {}s",
-                TIMEOUT.as_secs()
-            ))
-        }
-        Ok(Err(e)) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            return error(format!("request failed: {}", msg.to_lowercase()));
-        }
-        Ok(Ok(r)) => r,
+    let ca = match crate::proxy::ca::Ca::generate() {
+        Ok(c) => c,
+        Err(e) => return error(e),
     };
-    let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let mut body = resp.into_body();
-    let mut buf = Vec::new();
-    let mut truncated = false;
-    let read = tokio::time::timeout(TIMEOUT, async {
+    let proxy = Arc::new(crate::proxy::Proxy {
+        table: table.clone(),
+        ca,
+        upstream: crate::proxy::upstream::Upstream::new(
+            crate::proxy::upstream::Resolver::new(net.hosts.clone(), net.allow_private),
+            &extra,
+        ),
+        allow: net.allow.clone(),
+        credential: String::new(),
+        audit: Arc::new(crate::audit::Audit::disabled()),
+    });
+    let dest = crate::proxy::Dest {
+        host: host.clone(),
+        port,
+        tls: true,
+    };
+    let exchange = async {
+        let resp = crate::proxy::intercept::intercepted(proxy, dest, None, None, req).await;
+        let (parts, mut body) = resp.into_parts();
+        let mut buf = Vec::new();
+        let mut truncated = false;
         while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
+            let Ok(frame) = frame else {
+                truncated = true;
+                break;
+            };
             if let Ok(d) = frame.into_data() {
                 let room = MAX_RESPONSE.saturating_sub(buf.len());
                 if d.len() > room {
@@ -204,34 +208,44 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
                 buf.extend_from_slice(&d);
             }
         }
-    })
-    .await;
-    if read.is_err() {
-        truncated = true;
-    }
-    // Scrub the credential and its encoded forms out of everything returned.
-    let mask = crate::mask::MaskSet::new([value.expose()]);
-    let scrub = |data: &[u8]| -> String {
-        let mut out = Vec::new();
-        match &mask {
-            Some(m) => {
-                let mut s = m.masker();
-                s.push(data, &mut out);
-                s.finish(&mut out);
-            }
-            None => out.extend_from_slice(data),
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        (parts, buf, truncated)
     };
+    let Ok((parts, buf, truncated)) = tokio::time::timeout(TIMEOUT, exchange).await else {
+        return error(format!(
+            "{host} did not answer within {}s",
+            TIMEOUT.as_secs()
+        ));
+    };
+    // The engine left the token where a value was echoed; the caller sees neither.
+    let conceal = |data: &[u8]| -> String {
+        String::from_utf8_lossy(data).replace(&token, crate::mask::CONCEALED_TEXT)
+    };
+    if parts.headers.contains_key(crate::proxy::KZ_ANSWER) {
+        let text = conceal(&buf);
+        let text = text.trim().trim_start_matches("kz: ");
+        return error(format!("{name}: {text}"));
+    }
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .map(|v| conceal(v.as_bytes()))
+            .unwrap_or_default()
+    };
+    let mut shown = Map::new();
+    for (k, v) in &parts.headers {
+        shown.insert(k.to_string(), Value::String(conceal(v.as_bytes())));
+    }
     let mut result = json!({
-        "status": status,
-        "content_type": content_type,
-        "body": scrub(&buf),
+        "status": parts.status.as_u16(),
+        "content_type": header("content-type"),
+        "headers": shown,
+        "body": conceal(&buf),
         "truncated": truncated,
     });
-    if let Some(l) = location {
+    if parts.headers.contains_key("location") {
         // Redirects are not followed (a cross-origin one would carry the credential elsewhere).
-        result["location"] = Value::String(scrub(l.as_bytes()));
+        result["location"] = Value::String(header("location"));
     }
     let mut r = rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(
         result.to_string(),

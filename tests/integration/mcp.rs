@@ -62,6 +62,11 @@ policies:
 }
 
 fn stdio(sb: &Sandbox, service: &str, script: Value) -> Value {
+    stdio_with_log(sb, service, script).0
+}
+
+/// The calls' results and the decision log (kz's stderr).
+fn stdio_with_log(sb: &Sandbox, service: &str, script: Value) -> (Value, String) {
     let path = sb.write("script.json", &script.to_string());
     let out = std::process::Command::new(python())
         .arg(fixture("mcp_client.py"))
@@ -88,7 +93,10 @@ fn stdio(sb: &Sandbox, service: &str, script: Value) -> Value {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("\"event\":\"decision\""), "{log}");
     assert!(!log.contains(REAL) && !log.contains("eyJ"), "{log}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    (
+        serde_json::from_slice(&out.stdout).unwrap(),
+        log.into_owned(),
+    )
 }
 
 #[test]
@@ -344,4 +352,103 @@ fn fetch_follows_no_redirect_caps_size_and_refuses_private_addresses() {
         "{v}"
     );
     assert_eq!(up.requests().len(), before);
+}
+
+#[test]
+fn fetch_is_the_proxy_engine_every_field_scrubbed() {
+    let (sb, up) = setup();
+    let base = format!("https://api.kz.test:{}", up.port);
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": format!("{base}/echo-forms"), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("{base}/echo-forms?enc=gzip,gzip"), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("{base}/echo-ct"), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("{base}/echo-forms?enc=gzip,gzip,gzip"), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    // The upstream got the real value every time.
+    let got: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("authorization") == Some(format!("Bearer {REAL}").as_str()))
+        .collect();
+    assert!(got.len() >= 3, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, call) in v["calls"].as_array().unwrap().iter().enumerate().take(3) {
+        assert_eq!(call["is_error"], false, "{call}");
+        let r = &call["structured"];
+        assert_eq!(r["status"], 200, "{r}");
+        for (field, text) in [
+            ("body", r["body"].as_str().unwrap().to_string()),
+            (
+                "content_type",
+                r["content_type"].as_str().unwrap().to_string(),
+            ),
+            ("headers", r["headers"].to_string()),
+            ("whole", call.to_string()),
+        ] {
+            let f = dir.path().join(format!("{i}-{field}"));
+            std::fs::write(&f, text).unwrap();
+            files.push(f);
+        }
+    }
+    let ct = v["calls"][2]["structured"]["content_type"]
+        .as_str()
+        .unwrap();
+    assert!(ct.contains("echo=<concealed by kz>"), "{ct}");
+    let check = std::process::Command::new(python())
+        .arg(fixture("leak_check.py"))
+        .arg(REAL)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "clean");
+    // Three layers of compression: refused, as in blind mode.
+    let refused = &v["calls"][3];
+    assert_eq!(refused["is_error"], true, "{refused}");
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("does not unwrap"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn fetch_refuses_a_value_too_short_to_scrub() {
+    let (sb, up) = setup();
+    sb.write("secret/data/prod/github", "abc");
+    let v = stdio(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": format!("https://api.kz.test:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    assert_eq!(v["calls"][0]["is_error"], true, "{v}");
+    assert!(v["calls"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("too short to scrub"));
+    assert!(up.requests().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn resolve_of_a_raw_ref_is_decided_and_logged() {
+    let (sb, _up) = setup();
+    let (v, log) = stdio_with_log(
+        &sb,
+        "pipeline",
+        json!([{"tool": "resolve", "args": {"ref": "secret/data/prod/raw-thing"}}]),
+    );
+    assert_eq!(v["calls"][0]["structured"]["allowed"], true, "{v}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("secret/data/prod/raw-thing"))
+        .unwrap_or_else(|| panic!("raw ref not in the decision log: {log}"));
+    assert!(line.contains("\"action\":\"resolve\""), "{line}");
 }

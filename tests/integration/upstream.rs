@@ -246,6 +246,29 @@ async fn handle(
             }
             r
         }
+        // The credential echoed in the content type, the status line's neighbours and a
+        // custom header, upper-cased and in hex.
+        "/echo-ct" => {
+            let v = s
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or("")
+                .to_string();
+            let mut r = Response::new(full(format!(
+                "{} {}\n",
+                v.to_ascii_uppercase(),
+                hex(&v).to_ascii_uppercase()
+            )));
+            r.headers_mut().insert(
+                "content-type",
+                format!("text/plain; charset=utf-8; echo={v}")
+                    .parse()
+                    .unwrap(),
+            );
+            r.headers_mut()
+                .insert("x-echo-hex", hex(&v).parse().unwrap());
+            r
+        }
         "/redirect" => {
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::FOUND;
