@@ -1,5 +1,5 @@
 //! Streaming body transforms for the proxy: token swapping on request bodies and scrubbing (with
-//! gzip/deflate decoding, up to two layers) on response bodies, frame by frame, without
+//! gzip/deflate/br/zstd decoding, up to two layers) on response bodies, frame by frame, without
 //! buffering the stream; trailers get the same treatment as the data. Also the global ceiling on
 //! bodies buffered whole.
 
@@ -31,6 +31,8 @@ pub struct StreamReport {
 pub enum Coding {
     Gzip,
     Deflate,
+    Brotli,
+    Zstd,
 }
 
 impl Coding {
@@ -43,6 +45,8 @@ impl Coding {
                 "" | "identity" => {}
                 "gzip" | "x-gzip" => out.push(Coding::Gzip),
                 "deflate" => out.push(Coding::Deflate),
+                "br" => out.push(Coding::Brotli),
+                "zstd" => out.push(Coding::Zstd),
                 other => return Err(other.to_string()),
             }
         }
@@ -61,6 +65,8 @@ const INFLATE_SLICE: usize = 4096;
 enum Decoder {
     Gzip(flate2::write::GzDecoder<Vec<u8>>),
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Vec<u8>>>),
 }
 
 impl Decoder {
@@ -68,6 +74,14 @@ impl Decoder {
         match c {
             Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
             Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+            Coding::Brotli => Decoder::Brotli(Box::new(
+                brotli_decompressor::DecompressorWriter::new(Vec::new(), 4096),
+            )),
+            Coding::Zstd => match zstd::stream::write::Decoder::new(Vec::new()) {
+                Ok(d) => Decoder::Zstd(Box::new(d)),
+                // Only fails when memory runs out; the response is then refused as unreadable.
+                Err(_) => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            },
         }
     }
 
@@ -84,6 +98,20 @@ impl Decoder {
                 d.write_all(data)?;
                 if end {
                     d.try_finish()?;
+                }
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Brotli(d) => {
+                d.write_all(data)?;
+                if end {
+                    d.flush()?;
+                }
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Zstd(d) => {
+                d.write_all(data)?;
+                if end {
+                    d.flush()?;
                 }
                 Ok(std::mem::take(d.get_mut()))
             }
@@ -117,6 +145,12 @@ fn inflate(layers: &mut [Decoder], data: &[u8], end: bool) -> Result<Vec<u8>, Bo
     Ok(out)
 }
 
+/// Undoes `codings` (in the order they were applied) on a whole body, within the same ceiling.
+pub fn decode_all(codings: &[Coding], data: &[u8]) -> Result<Vec<u8>, BoxError> {
+    let mut layers: Vec<Decoder> = codings.iter().rev().map(|c| Decoder::new(*c)).collect();
+    inflate(&mut layers, data, true)
+}
+
 /// A body passed through optional decoders and an optional replacer.
 pub struct Transform {
     inner: Body,
@@ -125,6 +159,9 @@ pub struct Transform {
     /// JSON escapes of printable ASCII undone before matching (JSON responses).
     unescape: Option<crate::blind::jsonesc::JsonUnescape>,
     set: Option<Arc<PatternSet>>,
+    /// Check only: the decoded data goes through the patterns (a forbidden one stops the
+    /// stream), but the original bytes are passed on.
+    scan: bool,
     report: Arc<StreamReport>,
     seen: Option<Arc<Mutex<BTreeSet<usize>>>>,
     on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
@@ -167,11 +204,18 @@ impl Transform {
             replacer: set.map(|s| s.stream()),
             unescape: None,
             set: set.cloned(),
+            scan: false,
             report,
             seen: None,
             on_end: None,
             done: false,
         }
+    }
+
+    /// Passes the original bytes on, after checking their decoded form (compressed requests).
+    pub fn scan_only(mut self) -> Self {
+        self.scan = true;
+        self
     }
 
     /// Undoes JSON escapes of printable ASCII before matching (the body is JSON text).
@@ -214,6 +258,7 @@ impl Transform {
             seen.lock().unwrap().extend(r.seen().iter().copied());
         }
         match res {
+            Ok(()) if self.scan => Ok(data.to_vec()),
             Ok(()) => Ok(out),
             Err(idx) => {
                 *self.report.refused.lock().unwrap() = Some(idx);
@@ -398,9 +443,20 @@ mod tests {
             Ok(vec![Coding::Gzip, Coding::Deflate])
         );
         assert_eq!(
-            Coding::parse_list(["gzip, br"].into_iter()),
-            Err("br".into())
+            Coding::parse_list(["gzip, br", "zstd"].into_iter()),
+            Ok(vec![Coding::Gzip, Coding::Brotli, Coding::Zstd])
         );
+        assert_eq!(
+            Coding::parse_list(["gzip, compress"].into_iter()),
+            Err("compress".into())
+        );
+        let z = zstd::encode_all(&gzip(b"zstd outside")[..], 3).unwrap();
+        let mut layers: Vec<Decoder> = [Coding::Gzip, Coding::Zstd]
+            .iter()
+            .rev()
+            .map(|c| Decoder::new(*c))
+            .collect();
+        assert_eq!(inflate(&mut layers, &z, true).unwrap(), b"zstd outside");
         let twice = gzip(&gzip(b"hello world"));
         let mut layers: Vec<Decoder> = [Coding::Gzip, Coding::Gzip]
             .iter()

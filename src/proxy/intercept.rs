@@ -18,7 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 
 use super::body::{
-    collect_limited, empty, full, reserve_buffer, Coding, StreamReport, Transform, MAX_CODINGS,
+    collect_limited, decode_all, empty, full, reserve_buffer, Coding, StreamReport, Transform,
+    MAX_CODINGS,
 };
 use super::upstream::{Body, BoxError, PrivateAddress};
 use super::ws;
@@ -292,9 +293,26 @@ async fn intercepted_inner(
     } else {
         &swap.body_raw
     };
-    let encoded = headers
-        .get(CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    // A compressed request body is passed as it is (kz does not re-compress), but it is decoded
+    // on the side and checked: a token of a secret not bound here is refused there too.
+    let request_codings = match Coding::parse_list(
+        headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{fffd}")),
+    ) {
+        Ok(c) if c.len() <= MAX_CODINGS => c,
+        Ok(_) | Err(_) => {
+            // Read (a bounded part of) the body first, so HTTP/2 clients see a clean answer.
+            let _ = collect_limited(body, 1 << 20).await;
+            return proxy.refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &dest.host,
+                "a request body encoded in a way kz cannot read (it could hide a token)",
+            );
+        }
+    };
+    let encoded = !request_codings.is_empty();
     let length: Option<u64> = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -306,8 +324,43 @@ async fn intercepted_inner(
     let body: Body = if body.is_end_stream() {
         bytes_out = Some(0);
         empty()
+    } else if let Some(l) = length.filter(|l| encoded && *l <= MAX_BUFFERED_REQUEST) {
+        // Compressed, of known modest size: decoded and checked before anything is sent.
+        let Some(share) = reserve_buffer(l) else {
+            return proxy.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &dest.host,
+                "too many large bodies in flight; try again",
+            );
+        };
+        _buffered = Some(share);
+        let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
+            Ok(d) => d,
+            Err(e) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("kz: reading request body: {e}\n"),
+                )
+            }
+        };
+        match decode_all(&request_codings, &data).map(|plain| set.replace_all(&plain)) {
+            Ok(Err(i)) => return refuse_token(&proxy, &dest, i),
+            Ok(Ok(_)) => {}
+            Err(e) => {
+                return proxy.refuse(
+                    StatusCode::BAD_REQUEST,
+                    &dest.host,
+                    &format!("a compressed request body kz cannot decode: {e}"),
+                )
+            }
+        }
+        bytes_out = Some(data.len() as u64);
+        full(data)
     } else if encoded {
-        body
+        headers.remove(CONTENT_LENGTH);
+        Transform::new(body, Some(set), &request_codings, req_report.clone())
+            .scan_only()
+            .boxed()
     } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
         let Some(share) = reserve_buffer(l) else {
             return proxy.refuse(

@@ -341,14 +341,14 @@ fn an_upstream_echoing_the_value_in_every_form_never_hands_it_over() {
         r#"
 U="https://api.kz.test:{port}/echo-forms"
 for v in 1.1 2; do
-  for enc in "" "?enc=gzip" "?enc=gzip,gzip"; do
+  for enc in "" "?enc=gzip" "?enc=gzip,gzip" "?enc=zstd" "?enc=deflate,gzip"; do
     n=$(echo "$v$enc" | tr -c 'a-z0-9' '_')
     curl -sS --http$v --compressed -D "h$n.txt" -o "b$n.bin" "$U$enc" -H "Authorization: Bearer $ECHO" \
       -w "%{{http_code}}\n"
     curl -sS --http$v --raw -o "r$n.bin" "$U$enc" -H "Authorization: Bearer $ECHO"
   done
 done
-for enc in "gzip,gzip,gzip" "br" "gzip,zstd"; do
+for enc in "gzip,gzip,gzip" "compress" "gzip,x-unknown"; do
   curl -sS -o /dev/null -w "$enc %{{http_code}}\n" "$U?enc=$enc" -H "Authorization: Bearer $ECHO"
 done
 "#,
@@ -367,10 +367,10 @@ done
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out.lines().filter(|l| *l == "200").count(),
-        6,
+        10,
         "every form came back: {out}"
     );
-    for refused in ["gzip,gzip,gzip 502", "br 502", "gzip,zstd 502"] {
+    for refused in ["gzip,gzip,gzip 502", "compress 502", "gzip,x-unknown 502"] {
         assert!(out.contains(refused), "{refused}: {out}");
     }
     // The upstream really echoed the value (the corpus is not empty).
@@ -384,7 +384,7 @@ done
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
         .collect();
-    assert_eq!(files.len(), 18, "{files:?}");
+    assert_eq!(files.len(), 30, "{files:?}");
     let check = std::process::Command::new(crate::util::python())
         .arg(crate::util::fixture("leak_check.py"))
         .arg(real)
@@ -506,4 +506,37 @@ print("close", f and f[0] & 0x0f, f and struct.unpack(">H", f[1][:2])[0])
         ),
         "{audit}"
     );
+}
+
+#[test]
+fn a_foreign_token_inside_a_compressed_request_body_is_refused() {
+    let b = Blind::new();
+    let (code, out, err) = b.run_sh(
+        r#"
+printf '{"t":"%s"}' "$OTHER" | gzip > other.gz
+printf '{"t":"%s"}' "$GH" | gzip > own.gz
+curl -sS -o /dev/null -w '%{http_code}\n' "$UP/gz-other" -H 'Content-Encoding: gzip' --data-binary @other.gz
+curl -sS -o /dev/null -w '%{http_code}\n' "$UP/gz-own" -H 'Content-Encoding: gzip' --data-binary @own.gz
+curl -sS -o /dev/null -w '%{http_code}\n' "$UP/gz-odd" -H 'Content-Encoding: compress' --data-binary @own.gz
+"#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["403", "200", "415"],
+        "{out}"
+    );
+    let reqs = b.up.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.target == "/gz-other" || r.target == "/gz-odd"),
+        "refused bodies never reach the upstream"
+    );
+    // The own token's body is passed as the agent compressed it (kz does not re-compress).
+    let own = reqs.iter().find(|r| r.target == "/gz-own").unwrap();
+    let mut d = flate2::read::GzDecoder::new(&own.body[..]);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut d, &mut text).unwrap();
+    assert!(text.contains("KZ_TOK_"), "{text}");
 }

@@ -25,7 +25,7 @@ fn entrypoint_runs_the_agent_isolated_as_its_own_user() {
         .env("KZ_CONFIG", b.sb.path().join(".keyzero.toml"))
         .env("KZ_AGENT_UID", "65534")
         .env("REAL_GH", REAL_GH)
-        .env("REAL_OTHER", "x")
+        .env("REAL_OTHER", "other-value-1234")
         .env("UP", b.url("api.kz.test", ""))
         .args(["sh", "-c", "id -u; curl --noproxy '*' -sS --fail \"$UP/entry\" -H \"Authorization: Bearer $GH\" -o /dev/null && echo swapped; grep CapEff /proc/self/status"])
         .stdin(std::process::Stdio::null());

@@ -219,7 +219,7 @@ fn rootless_keeps_the_uid_and_still_swaps() {
     let out = Command::new("runuser")
         .args(["-u", "nobody", "--", "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp"])
         .arg(format!("REAL_GH={REAL_GH}"))
-        .arg("REAL_OTHER=x")
+        .arg("REAL_OTHER=other-value-1234")
         .arg(format!("UP={}", b.url("api.kz.test", "")))
         .arg(&kz_copy)
         .args(["run", "-c"])
@@ -295,7 +295,7 @@ fn exit_codes_and_signals_pass_through_the_helper() {
         .sb
         .kz()
         .env("REAL_GH", REAL_GH)
-        .env("REAL_OTHER", "x")
+        .env("REAL_OTHER", "other-value-1234")
         .args(["run", "--blind", "--isolate", "--", "no-such-command-kz"]));
     assert_eq!(code, 127, "{err}");
     assert!(

@@ -322,8 +322,19 @@ async fn handle(
                 .map(|(_, e)| e.split(',').map(String::from).collect())
                 .unwrap_or_default();
             for e in &encodings {
-                if e == "gzip" {
-                    body = gzip(&body);
+                match e.as_str() {
+                    "gzip" => body = gzip(&body),
+                    "deflate" => {
+                        let mut z = flate2::write::ZlibEncoder::new(
+                            Vec::new(),
+                            flate2::Compression::default(),
+                        );
+                        z.write_all(&body).unwrap();
+                        body = z.finish().unwrap();
+                    }
+                    "zstd" => body = zstd::encode_all(&body[..], 3).unwrap(),
+                    // Anything else is only a label.
+                    _ => {}
                 }
             }
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
