@@ -330,3 +330,54 @@ pub async fn run(
     session.stop().await;
     result.map_err(|e| Failure::new(e.code, e.message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::MapEnv;
+
+    #[test]
+    fn the_hidden_list_covers_credentials_and_follows_hide_and_expose() {
+        let cfg = crate::config::parse_str(
+            r#"
+[secrets]
+DB = { provider = "file", ref = "/run/secrets/db" }
+[server]
+url = "https://pdp.test"
+token_file = "/var/run/tokens/kz"
+[isolate]
+hide = ["~/.config/gcloud", "/srv/keys"]
+expose = ["~/.kube"]
+"#,
+            ".keyzero.toml",
+            Path::new("/p"),
+        )
+        .unwrap();
+        let env = MapEnv::from_pairs([("HOME", "/home/u")]);
+        let hidden = hidden_paths(&cfg, Some(Path::new("/p/audit.jsonl")), &env);
+        for p in [
+            "/home/u/.vault-token",
+            "/home/u/.aws",
+            "/home/u/.config/op",
+            "/home/u/.docker/config.json",
+            "/home/u/.netrc",
+            "/home/u/.git-credentials",
+            "/home/u/.local/share/keyzero/store.kz",
+            "/home/u/.config/keyzero/local.key",
+            "/run/secrets/db",
+            "/var/run/tokens/kz",
+            "/p/audit.jsonl",
+            "/home/u/.config/gcloud",
+            "/srv/keys",
+        ] {
+            assert!(
+                hidden.iter().any(|h| h == Path::new(p)),
+                "{p} not hidden: {hidden:?}"
+            );
+        }
+        assert!(
+            !hidden.iter().any(|h| h.starts_with("/home/u/.kube")),
+            "exposed: {hidden:?}"
+        );
+    }
+}
