@@ -122,6 +122,48 @@ pub fn scrub_forms(v: &str) -> Vec<Zeroizing<Vec<u8>>> {
         let upper = percent_encoding::utf8_percent_encode(v, set).to_string();
         out.push(Zeroizing::new(lower_percent_digits(&upper).into_bytes()));
     }
+    out.extend(wrapped_base64(v));
+    out
+}
+
+/// Values whose base64 is at most this long also get line-wrapped forms (one break can fall
+/// inside them at any width of 64 or more); longer ones would need several breaks.
+const MAX_WRAPPED_B64: usize = 64;
+
+/// The value's standard base64, aligned or inside longer base64 text, with one line break
+/// (`\n` or `\r\n`, raw or JSON-escaped, as in a JSON string holding wrapped base64) at every
+/// position: base64 wrapped at 64 or 76 columns (MIME, PEM, file-content APIs).
+fn wrapped_base64(v: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let aligned = Zeroizing::new(STANDARD.encode(v));
+    if aligned.len() > MAX_WRAPPED_B64 || v.len() < crate::mask::MIN_UNALIGNED_LEN {
+        return Vec::new();
+    }
+    // Aligned at the start of the text (padded) or anywhere on a 3-byte boundary (the characters
+    // the value alone determines), and at the two other byte alignments.
+    let unpadded = Zeroizing::new(STANDARD_NO_PAD.encode(v));
+    let determined = Zeroizing::new(unpadded[..(8 * v.len()) / 6].to_string());
+    let mut frags: Vec<Zeroizing<String>> = vec![aligned, determined];
+    for shift in 1..3usize {
+        let mut shifted = Zeroizing::new(vec![0u8; shift]);
+        shifted.extend_from_slice(v.as_bytes());
+        let enc = Zeroizing::new(STANDARD_NO_PAD.encode(&shifted[..]));
+        let first = (8 * shift).div_ceil(6);
+        let last = (8 * (shift + v.len())) / 6;
+        frags.push(Zeroizing::new(enc[first..last].to_string()));
+    }
+    let mut out = Vec::new();
+    for f in &frags {
+        for cut in 1..f.len() {
+            for sep in ["\n", "\r\n", "\\n", "\\r\\n"] {
+                let mut w = Zeroizing::new(Vec::with_capacity(f.len() + sep.len()));
+                w.extend_from_slice(&f.as_bytes()[..cut]);
+                w.extend_from_slice(sep.as_bytes());
+                w.extend_from_slice(&f.as_bytes()[cut..]);
+                out.push(w);
+            }
+        }
+    }
     out
 }
 
@@ -434,6 +476,25 @@ mod tests {
                 .replace_all(gh.as_bytes()),
             Err(0)
         );
+    }
+
+    #[test]
+    fn wrapped_base64_of_a_value_is_scrubbed_wherever_the_line_breaks() {
+        let t = table();
+        let scrub = t.scrubber().unwrap();
+        for sep in ["\n", "\r\n", "\\n", "\\r\\n"] {
+            for prefix in ["", "u:", "ab:"] {
+                let b64 = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{prefix}ghp_real&v/1 tail"));
+                for cut in 1..b64.len() {
+                    let text = format!("{}{sep}{}", &b64[..cut], &b64[cut..]);
+                    assert!(
+                        scrub.replace_all(text.as_bytes()).unwrap().is_some(),
+                        "{prefix:?} cut at {cut} with {sep:?}: {text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

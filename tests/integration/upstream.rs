@@ -181,7 +181,18 @@ pub fn echo_corpus(v: &str) -> serde_json::Value {
         "json_mixed": serde_json::Value::String(format!("RAWJSON:{mixed}")),
         "json_all": serde_json::Value::String(format!("RAWJSON:{all_escaped}")),
         "slash": v.replace('/', "\\/"),
+        "b64_wrapped60": wrap(&b64.encode(format!("some file content {v} more content")), 60, "\n"),
+        "b64_wrapped76": wrap(&b64.encode(format!("x{v}")), 76, "\r\n"),
     })
+}
+
+/// Base64 text broken into lines of `width`, as MIME, PEM and file-content APIs do.
+fn wrap(text: &str, width: usize, sep: &str) -> String {
+    text.as_bytes()
+        .chunks(width)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn pkt(line: &str) -> String {
