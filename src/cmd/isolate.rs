@@ -147,16 +147,35 @@ pub fn hidden_paths(cfg: &Config, audit: Option<&Path>, env: &dyn Env) -> Vec<Pa
     out.extend(SYSTEM_HIDDEN.iter().map(PathBuf::from));
     out.extend(cfg.credential_files());
     out.extend(audit.map(Path::to_path_buf));
-    let expand = |p: &str| match (p.strip_prefix("~/"), &home) {
-        (Some(rest), Some(h)) => h.join(rest),
-        _ => PathBuf::from(p),
-    };
-    out.extend(cfg.isolate.hide.iter().map(|p| expand(p)));
-    let expose: Vec<PathBuf> = cfg.isolate.expose.iter().map(|p| expand(p)).collect();
+    out.extend(
+        cfg.isolate
+            .hide
+            .iter()
+            .map(|p| expand_home(p, home.as_deref())),
+    );
+    let expose = exposed_paths(cfg, env);
     out.retain(|p| !expose.iter().any(|e| p.starts_with(e)));
     out.sort();
     out.dedup();
     out
+}
+
+fn expand_home(p: &str, home: Option<&Path>) -> PathBuf {
+    match (p.strip_prefix("~/"), home) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+/// `[isolate] expose`: paths taken off the hidden list, and kept visible inside the private
+/// `/tmp` and runtime directory too (a tool installed under `/tmp`, say).
+pub fn exposed_paths(cfg: &Config, env: &dyn Env) -> Vec<PathBuf> {
+    let home = env.home();
+    cfg.isolate
+        .expose
+        .iter()
+        .map(|p| expand_home(p, home.as_deref()))
+        .collect()
 }
 
 /// Credential files under the home directory that every isolated run hides.
@@ -189,6 +208,7 @@ pub async fn run(
     mask: Option<Arc<MaskSet>>,
     run_as: Option<(u32, u32)>,
     hide: Vec<PathBuf>,
+    expose: Vec<PathBuf>,
 ) -> Result<u8, Failure> {
     if !kz_netns::supported() {
         return Err(Failure::new(
@@ -243,6 +263,7 @@ pub async fn run(
         }
     }
     let mut keep: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    keep.extend(expose);
     keep.push(dir.join("ca-bundle.pem"));
     keep.push(dir.join("kz-ca.pem"));
     let mut hide = hide;

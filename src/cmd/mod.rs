@@ -23,6 +23,8 @@ pub mod isolate {
         _remove: Vec<String>,
         _mask: Option<std::sync::Arc<crate::mask::MaskSet>>,
         _run_as: Option<(u32, u32)>,
+        _hide: Vec<std::path::PathBuf>,
+        _expose: Vec<std::path::PathBuf>,
     ) -> Result<u8, Failure> {
         session.stop().await;
         Err(Failure::new(

@@ -169,8 +169,18 @@ pub fn run(args: RunArgs) -> Outcome {
         if args.isolate {
             let env = session.child_env_isolated(&ProcessEnv);
             let hide = super::isolate::hidden_paths(&cfg, audit_path.as_deref(), &ProcessEnv);
-            return super::isolate::run(session, args.command, env, removed, mask, run_as, hide)
-                .await;
+            let expose = super::isolate::exposed_paths(&cfg, &ProcessEnv);
+            return super::isolate::run(
+                session,
+                args.command,
+                env,
+                removed,
+                mask,
+                run_as,
+                hide,
+                expose,
+            )
+            .await;
         }
         let spec = ChildSpec {
             command: args.command,

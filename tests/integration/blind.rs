@@ -39,8 +39,13 @@ upstream_ca = {ca:?}
 {network}
 [audit]
 path = "audit.jsonl"
+
+# The checkout (test clients, the venv) may lie under /tmp, which --isolate makes private.
+[isolate]
+expose = [{repo:?}]
 "#,
-            ca = fixture("tls/ca.pem").to_str().unwrap()
+            ca = fixture("tls/ca.pem").to_str().unwrap(),
+            repo = env!("CARGO_MANIFEST_DIR")
         ));
         Blind { sb, up }
     }
