@@ -450,6 +450,10 @@ mod tests {
             Coding::parse_list(["gzip, compress"].into_iter()),
             Err("compress".into())
         );
+        // A brotli stream written by hand (RFC 7932): window 16, one uncompressed meta-block of
+        // 5 bytes, then an empty last meta-block.
+        let br = [&[0x40, 0x00, 0x10][..], b"hello", &[0x03]].concat();
+        assert_eq!(decode_all(&[Coding::Brotli], &br).unwrap(), b"hello");
         let z = zstd::encode_all(&gzip(b"zstd outside")[..], 3).unwrap();
         let mut layers: Vec<Decoder> = [Coding::Gzip, Coding::Zstd]
             .iter()

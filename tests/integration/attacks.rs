@@ -341,7 +341,7 @@ fn an_upstream_echoing_the_value_in_every_form_never_hands_it_over() {
         r#"
 U="https://api.kz.test:{port}/echo-forms"
 for v in 1.1 2; do
-  for enc in "" "?enc=gzip" "?enc=gzip,gzip" "?enc=zstd" "?enc=deflate,gzip"; do
+  for enc in "" "?enc=gzip" "?enc=gzip,gzip" "?enc=zstd" "?enc=deflate,gzip" "?enc=br"; do
     n=$(echo "$v$enc" | tr -c 'a-z0-9' '_')
     curl -sS --http$v --compressed -D "h$n.txt" -o "b$n.bin" "$U$enc" -H "Authorization: Bearer $ECHO" \
       -w "%{{http_code}}\n"
@@ -367,7 +367,7 @@ done
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out.lines().filter(|l| *l == "200").count(),
-        10,
+        12,
         "every form came back: {out}"
     );
     for refused in ["gzip,gzip,gzip 502", "compress 502", "gzip,x-unknown 502"] {
@@ -384,7 +384,7 @@ done
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
         .collect();
-    assert_eq!(files.len(), 30, "{files:?}");
+    assert_eq!(files.len(), 36, "{files:?}");
     let check = std::process::Command::new(crate::util::python())
         .arg(crate::util::fixture("leak_check.py"))
         .arg(real)

@@ -136,6 +136,18 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// A brotli stream (RFC 7932) holding `data` in one uncompressed meta-block: window 16,
+/// MLEN in four nibbles, then an empty last meta-block. Enough to test decoding without an
+/// encoder.
+fn brotli_stored(data: &[u8]) -> Vec<u8> {
+    assert!(!data.is_empty() && data.len() <= 1 << 16);
+    let header = (((data.len() - 1) as u32) << 4) | (1 << 20);
+    let mut out = header.to_le_bytes()[..3].to_vec();
+    out.extend_from_slice(data);
+    out.push(0x03);
+    out
+}
+
 fn hex(v: &str) -> String {
     v.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -344,6 +356,7 @@ async fn handle(
                         body = z.finish().unwrap();
                     }
                     "zstd" => body = zstd::encode_all(&body[..], 3).unwrap(),
+                    "br" => body = brotli_stored(&body),
                     // Anything else is only a label.
                     _ => {}
                 }
