@@ -1,8 +1,8 @@
-//! Undoing the JSON escapes that can hide printable ASCII (`\u0041`, `\/`) in responses, so a
-//! value echoed with any mix of escaped and literal characters is still found by the scrubber.
-//! The result is the same JSON: every `\uXXXX` escape of an ASCII character is rewritten the
-//! way a serialiser writes that character (itself, or `\"`, `\\`, `\n`, …); non-ASCII
-//! escapes stay as they are.
+//! Undoing the JSON escapes that can hide characters (`\u0041`, `\u00e9`, `\ud83d\ude00`,
+//! `\/`) in responses, so a value echoed with any mix of escaped and literal characters is still
+//! found by the scrubber. The result is the same JSON: every `\uXXXX` escape (a surrogate pair
+//! as one) is rewritten the way a serialiser writes that character: itself (UTF-8), or `\"`,
+//! `\\`, `\n`, … A lone surrogate stays as it is.
 
 /// Streaming state: the tail of the previous chunk that may be an unfinished escape.
 #[derive(Default)]
@@ -32,6 +32,11 @@ fn canonical(c: u8, out: &mut Vec<u8>) {
     }
 }
 
+fn push_char(ch: char, out: &mut Vec<u8>) {
+    let mut b = [0u8; 4];
+    out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
+}
+
 impl JsonUnescape {
     /// Appends `data`, unescaped, to `out`; with `end`, also whatever is still held.
     pub fn push(&mut self, data: &[u8], end: bool, out: &mut Vec<u8>) {
@@ -48,7 +53,14 @@ impl JsonUnescape {
                 i = next;
                 continue;
             }
+            let high = buf.get(i + 1) == Some(&b'u')
+                && buf
+                    .get(i + 2..i + 6)
+                    .and_then(hex4)
+                    .is_some_and(|c| (0xd800..0xdc00).contains(&c));
             let need = match buf.get(i + 1) {
+                // A high surrogate needs its low half (the next escape) to become a character.
+                Some(b'u') if high => 12,
                 Some(b'u') => 6,
                 Some(_) => 2,
                 None => 2,
@@ -63,10 +75,30 @@ impl JsonUnescape {
             }
             match buf[i + 1] {
                 b'/' => out.push(b'/'),
-                b'u' => match hex4(&buf[i + 2..i + 6]) {
-                    Some(c) if c < 0x80 => canonical(c as u8, out),
-                    _ => out.extend_from_slice(&buf[i..i + 6]),
-                },
+                b'u' => {
+                    let c = hex4(&buf[i + 2..i + 6]).unwrap_or(u32::MAX);
+                    let pair = (need == 12 && buf[i + 6] == b'\\' && buf[i + 7] == b'u')
+                        .then(|| hex4(&buf[i + 8..i + 12]))
+                        .flatten()
+                        .filter(|lo| (0xdc00..0xe000).contains(lo))
+                        .and_then(|lo| {
+                            char::from_u32(0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00))
+                        });
+                    match (c, pair) {
+                        (_, Some(ch)) => push_char(ch, out),
+                        (c, _) if c < 0x80 => canonical(c as u8, out),
+                        (c, _) => match char::from_u32(c) {
+                            Some(ch) => push_char(ch, out),
+                            None => {
+                                // A lone surrogate or a bad escape: kept, and only its own six
+                                // bytes consumed.
+                                out.extend_from_slice(&buf[i..i + 6]);
+                                i += 6;
+                                continue;
+                            }
+                        },
+                    }
+                }
                 // Any other escape, `\\` included, is kept whole, so the byte after it is
                 // never taken for the start of another escape.
                 _ => out.extend_from_slice(&buf[i..i + 2]),
@@ -97,13 +129,21 @@ mod tests {
     fn printable_escapes_become_characters_and_the_json_keeps_its_meaning() {
         assert_eq!(
             all(br#"{"k":"s\u006b-\u0061b\/c \"q\" \\u0041 \u0022 \u005c \n \u00e9"}"#),
-            br#"{"k":"sk-ab/c \"q\" \\u0041 \" \\ \n \u00e9"}"#.to_vec()
+            r#"{"k":"sk-ab/c \"q\" \\u0041 \" \\ \n é"}"#.as_bytes().to_vec()
+        );
+    }
+
+    #[test]
+    fn non_ascii_escapes_and_surrogate_pairs_become_utf8() {
+        assert_eq!(
+            all(br#""\u00e9\ud83d\ude00 \ud83d x \udc00 \u4e2d""#),
+            r#""é😀 \ud83d x \udc00 中""#.as_bytes().to_vec()
         );
     }
 
     #[test]
     fn any_split_gives_the_same_result() {
-        let text = br#"x \u0073\u006B-\u0041\/\\\u0042 \\\/ y"#;
+        let text = br#"x \u0073\u006B-\u0041\/\\\u0042 \\\/ \u00e9\ud83d\ude00 \ud83d! y"#;
         let whole = all(text);
         for cut in 0..text.len() {
             let mut u = JsonUnescape::default();
