@@ -87,36 +87,27 @@ impl Decoder {
 
     fn push(&mut self, data: &[u8], end: bool) -> std::io::Result<Vec<u8>> {
         match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
-                if end {
-                    d.try_finish()?;
-                }
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
-                if end {
-                    d.try_finish()?;
-                }
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Brotli(d) => {
-                d.write_all(data)?;
-                if end {
-                    d.flush()?;
-                }
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Zstd(d) => {
-                d.write_all(data)?;
-                if end {
-                    d.flush()?;
-                }
-                Ok(std::mem::take(d.get_mut()))
-            }
+            Decoder::Gzip(d) => step(d, data, end, |d| d.try_finish(), |d| d.get_mut()),
+            Decoder::Deflate(d) => step(d, data, end, |d| d.try_finish(), |d| d.get_mut()),
+            Decoder::Brotli(d) => step(&mut **d, data, end, |d| d.flush(), |d| d.get_mut()),
+            Decoder::Zstd(d) => step(&mut **d, data, end, |d| d.flush(), |d| d.get_mut()),
         }
     }
+}
+
+/// Feeds one decoder: writes `data`, finishes the stream at the end, and takes what came out.
+fn step<D: Write>(
+    d: &mut D,
+    data: &[u8],
+    end: bool,
+    finish: fn(&mut D) -> std::io::Result<()>,
+    output: fn(&mut D) -> &mut Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    d.write_all(data)?;
+    if end {
+        finish(d)?;
+    }
+    Ok(std::mem::take(output(d)))
 }
 
 /// Undoes `layers` (outermost first) on `data`, slice by slice, refusing to grow past the

@@ -324,8 +324,9 @@ async fn intercepted_inner(
     let body: Body = if body.is_end_stream() {
         bytes_out = Some(0);
         empty()
-    } else if let Some(l) = length.filter(|l| encoded && *l <= MAX_BUFFERED_REQUEST) {
-        // Compressed, of known modest size: decoded and checked before anything is sent.
+    } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
+        // Known and modest length: read whole (within the shared ceiling), so the length stays
+        // exact and nothing is sent before the body is checked.
         let Some(share) = reserve_buffer(l) else {
             return proxy.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -343,17 +344,30 @@ async fn intercepted_inner(
                 )
             }
         };
-        match decode_all(&request_codings, &data).map(|plain| set.replace_all(&plain)) {
-            Ok(Err(i)) => return refuse_token(&proxy, &dest, i),
-            Ok(Ok(_)) => {}
-            Err(e) => {
-                return proxy.refuse(
-                    StatusCode::BAD_REQUEST,
-                    &dest.host,
-                    &format!("a compressed request body kz cannot decode: {e}"),
-                )
+        let data = if encoded {
+            // Compressed: decoded and checked on the side, then passed as it came.
+            match decode_all(&request_codings, &data).map(|plain| set.replace_all(&plain)) {
+                Ok(Err(i)) => return refuse_token(&proxy, &dest, i),
+                Ok(Ok(_)) => data,
+                Err(e) => {
+                    return proxy.refuse(
+                        StatusCode::BAD_REQUEST,
+                        &dest.host,
+                        &format!("a compressed request body kz cannot decode: {e}"),
+                    )
+                }
             }
-        }
+        } else {
+            match set.replace_all(&data) {
+                Err(i) => return refuse_token(&proxy, &dest, i),
+                Ok(Some(v)) => {
+                    seen.lock().unwrap().extend(set.indices(&data));
+                    Bytes::from(v)
+                }
+                Ok(None) => data,
+            }
+        };
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
         bytes_out = Some(data.len() as u64);
         full(data)
     } else if encoded {
@@ -361,35 +375,6 @@ async fn intercepted_inner(
         Transform::new(body, Some(set), &request_codings, req_report.clone())
             .scan_only()
             .boxed()
-    } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
-        let Some(share) = reserve_buffer(l) else {
-            return proxy.refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &dest.host,
-                "too many large bodies in flight; try again",
-            );
-        };
-        _buffered = Some(share);
-        let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
-            Ok(d) => d,
-            Err(e) => {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("kz: reading request body: {e}\n"),
-                )
-            }
-        };
-        let data = match set.replace_all(&data) {
-            Err(i) => return refuse_token(&proxy, &dest, i),
-            Ok(Some(v)) => {
-                seen.lock().unwrap().extend(set.indices(&data));
-                Bytes::from(v)
-            }
-            Ok(None) => data,
-        };
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-        bytes_out = Some(data.len() as u64);
-        full(data)
     } else {
         headers.remove(CONTENT_LENGTH);
         Transform::new(body, Some(set), &[], req_report.clone())

@@ -148,6 +148,28 @@ fn brotli_stored(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The `Sec-WebSocket-Accept` answer to a client key.
+fn ws_accept(key: &str) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+/// A `101` accepting a WebSocket upgrade.
+fn switching_protocols(accept: &str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert("upgrade", "websocket".parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "Upgrade".parse().unwrap());
+    r.headers_mut()
+        .insert("sec-websocket-accept", accept.parse().unwrap());
+    r
+}
+
 fn hex(v: &str) -> String {
     v.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -470,11 +492,7 @@ async fn handle(
             let Some(key) = ws_key else {
                 return Ok(Response::new(full("not a websocket request")));
             };
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-            ctx.update(key.as_bytes());
-            ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-            use base64::Engine;
-            let accept = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+            let accept = ws_accept(&key);
             let auth = s.header("authorization").unwrap_or("").to_string();
             let seen = seen.clone();
             tokio::spawn(async move {
@@ -525,25 +543,13 @@ async fn handle(
                     let _ = io.flush().await;
                 }
             });
-            let mut r = Response::new(full(Bytes::new()));
-            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut()
-                .insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut()
-                .insert("connection", "Upgrade".parse().unwrap());
-            r.headers_mut()
-                .insert("sec-websocket-accept", accept.parse().unwrap());
-            r
+            switching_protocols(&accept)
         }
         "/ws" => {
             let Some(key) = ws_key else {
                 return Ok(Response::new(full("not a websocket request")));
             };
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-            ctx.update(key.as_bytes());
-            ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-            use base64::Engine;
-            let accept = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+            let accept = ws_accept(&key);
             tokio::spawn(async move {
                 let Ok(up) = ws_upgrade.await else { return };
                 let mut io = TokioIo::new(up);
@@ -567,15 +573,7 @@ async fn handle(
                 let _ = io.write_all(&frame).await;
                 let _ = io.flush().await;
             });
-            let mut r = Response::new(full(Bytes::new()));
-            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut()
-                .insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut()
-                .insert("connection", "Upgrade".parse().unwrap());
-            r.headers_mut()
-                .insert("sec-websocket-accept", accept.parse().unwrap());
-            r
+            switching_protocols(&accept)
         }
         _ => {
             let mut r = Response::new(full("{\"ok\":true}\n"));
