@@ -69,15 +69,21 @@ pub struct MaskSet(Arc<PatternSet>);
 impl MaskSet {
     /// `None` when no value is long enough to mask.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Arc<MaskSet>> {
-        let mut pairs = Vec::new();
+        let (mut pairs, mut wrapped) = (Vec::new(), Vec::new());
         for v in values {
             if v.len() >= MIN_MASK_LEN {
                 for f in forms(v) {
-                    pairs.push((f, Some(Zeroizing::new(CONCEALED.to_vec()))));
+                    // Long forms are also concealed when the output wraps them across lines.
+                    let list = if f.len() >= MIN_UNALIGNED_LEN {
+                        &mut wrapped
+                    } else {
+                        &mut pairs
+                    };
+                    list.push((f, Some(Zeroizing::new(CONCEALED.to_vec()))));
                 }
             }
         }
-        PatternSet::new(pairs).map(|p| Arc::new(MaskSet(p)))
+        PatternSet::with_wrapped(pairs, wrapped).map(|p| Arc::new(MaskSet(p)))
     }
 
     pub fn masker(self: &Arc<Self>) -> Masker {
@@ -125,6 +131,32 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "a <concealed by kz> b <concealed by kz> c <concealed by kz> d"
+        );
+    }
+
+    #[test]
+    fn output_that_wraps_a_long_value_is_concealed_too() {
+        // `base64` wraps at 76 columns; a value printed across terminal lines wraps anywhere.
+        let value =
+            "sk-live-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOPQRSTUVWXYZ-9876543210";
+        let set = MaskSet::new([value]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let input = format!(
+            "$ base64 key\n{}\n$ cat key\n{}\n{}\n$ ",
+            wrapped.join("\n"),
+            &value[..50],
+            &value[50..]
+        );
+        let chunks: Vec<&[u8]> = input.as_bytes().chunks(9).collect();
+        let out = String::from_utf8(mask_chunks(&set, &chunks)).unwrap();
+        assert_eq!(
+            out,
+            "$ base64 key\n<concealed by kz>\n$ cat key\n<concealed by kz>\n$ "
         );
     }
 

@@ -122,48 +122,6 @@ pub fn scrub_forms(v: &str) -> Vec<Zeroizing<Vec<u8>>> {
         let upper = percent_encoding::utf8_percent_encode(v, set).to_string();
         out.push(Zeroizing::new(lower_percent_digits(&upper).into_bytes()));
     }
-    out.extend(wrapped_base64(v));
-    out
-}
-
-/// Values whose base64 is at most this long also get line-wrapped forms (one break can fall
-/// inside them at any width of 64 or more); longer ones would need several breaks.
-const MAX_WRAPPED_B64: usize = 64;
-
-/// The value's standard base64, aligned or inside longer base64 text, with one line break
-/// (`\n` or `\r\n`, raw or JSON-escaped, as in a JSON string holding wrapped base64) at every
-/// position: base64 wrapped at 64 or 76 columns (MIME, PEM, file-content APIs).
-fn wrapped_base64(v: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-    let aligned = Zeroizing::new(STANDARD.encode(v));
-    if aligned.len() > MAX_WRAPPED_B64 || v.len() < crate::mask::MIN_UNALIGNED_LEN {
-        return Vec::new();
-    }
-    // Aligned at the start of the text (padded) or anywhere on a 3-byte boundary (the characters
-    // the value alone determines), and at the two other byte alignments.
-    let unpadded = Zeroizing::new(STANDARD_NO_PAD.encode(v));
-    let determined = Zeroizing::new(unpadded[..(8 * v.len()) / 6].to_string());
-    let mut frags: Vec<Zeroizing<String>> = vec![aligned, determined];
-    for shift in 1..3usize {
-        let mut shifted = Zeroizing::new(vec![0u8; shift]);
-        shifted.extend_from_slice(v.as_bytes());
-        let enc = Zeroizing::new(STANDARD_NO_PAD.encode(&shifted[..]));
-        let first = (8 * shift).div_ceil(6);
-        let last = (8 * (shift + v.len())) / 6;
-        frags.push(Zeroizing::new(enc[first..last].to_string()));
-    }
-    let mut out = Vec::new();
-    for f in &frags {
-        for cut in 1..f.len() {
-            for sep in ["\n", "\r\n", "\\n", "\\r\\n"] {
-                let mut w = Zeroizing::new(Vec::with_capacity(f.len() + sep.len()));
-                w.extend_from_slice(&f.as_bytes()[..cut]);
-                w.extend_from_slice(sep.as_bytes());
-                w.extend_from_slice(&f.as_bytes()[cut..]);
-                out.push(w);
-            }
-        }
-    }
     out
 }
 
@@ -222,12 +180,16 @@ impl TokenTable {
             })
             .collect();
         let mut scrub = Vec::new();
+        let mut wrapped = Vec::new();
         for s in &secrets {
             let mut forms = crate::mask::forms(s.value.expose());
             forms.extend(scrub_forms(s.value.expose()));
+            let token = || Some(Zeroizing::new(s.token.as_bytes().to_vec()));
             for f in forms {
-                if f.len() >= crate::mask::MIN_MASK_LEN {
-                    scrub.push((f, Some(Zeroizing::new(s.token.as_bytes().to_vec()))));
+                if f.len() >= crate::mask::MIN_UNALIGNED_LEN {
+                    wrapped.push((f, token()));
+                } else if f.len() >= crate::mask::MIN_MASK_LEN {
+                    scrub.push((f, token()));
                 }
             }
         }
@@ -253,7 +215,7 @@ impl TokenTable {
                 .collect(),
         );
         TokenTable {
-            scrub: PatternSet::new(scrub),
+            scrub: PatternSet::with_wrapped(scrub, wrapped),
             redact,
             secrets,
             hosts: Mutex::new(crate::lru::Lru::new(HOST_CACHE)),
@@ -368,7 +330,7 @@ pub fn basic_decoded(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
 
 /// Swaps tokens inside `Basic` credentials: decode, swap, re-encode. `Ok(None)`: not Basic or
 /// nothing to swap.
-pub fn swap_basic(value: &[u8], swap: &PatternSet) -> Result<Option<Vec<u8>>, usize> {
+pub fn swap_basic(value: &[u8], swap: &Arc<PatternSet>) -> Result<Option<Vec<u8>>, usize> {
     let Some(decoded) = basic_decoded(value) else {
         return Ok(None);
     };
@@ -478,23 +440,83 @@ mod tests {
         );
     }
 
+    /// `text` broken into lines of `width` after the first `phase` characters.
+    fn wrap(text: &str, width: usize, phase: usize, sep: &str) -> String {
+        let (head, rest) = text.split_at(phase.min(text.len()));
+        let mut out = head.to_string();
+        for (i, line) in rest.as_bytes().chunks(width).enumerate() {
+            if i > 0 || !head.is_empty() {
+                out.push_str(sep);
+            }
+            out.push_str(std::str::from_utf8(line).unwrap());
+        }
+        out
+    }
+
     #[test]
-    fn wrapped_base64_of_a_value_is_scrubbed_wherever_the_line_breaks() {
-        let t = table();
+    fn wrapped_encodings_of_a_value_are_scrubbed_at_any_width_and_break() {
+        use base64::engine::general_purpose::STANDARD;
+        let long: String = (0..150)
+            .map(|i| (b'A' + (i * 7 % 26) as u8) as char)
+            .collect();
+        let t = TokenTable::new(vec![(
+            "K".into(),
+            SecretValue::new(&long),
+            vec![HostPattern::parse("api.example").unwrap()],
+            Swap::default(),
+        )]);
+        let tok = t.secrets[0].token.clone();
         let scrub = t.scrubber().unwrap();
-        for sep in ["\n", "\r\n", "\\n", "\\r\\n"] {
-            for prefix in ["", "u:", "ab:"] {
-                let b64 = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{prefix}ghp_real&v/1 tail"));
-                for cut in 1..b64.len() {
-                    let text = format!("{}{sep}{}", &b64[..cut], &b64[cut..]);
-                    assert!(
-                        scrub.replace_all(text.as_bytes()).unwrap().is_some(),
-                        "{prefix:?} cut at {cut} with {sep:?}: {text}"
-                    );
+        for prefix in ["", "u:", "ab:"] {
+            let whole = format!("{prefix}{long} tail");
+            let enc = STANDARD.encode(&whole);
+            // Characters only the value determines, wherever it starts in the text.
+            let first = (8 * prefix.len()).div_ceil(6);
+            let last = (8 * (prefix.len() + long.len())) / 6;
+            let middle = &enc[first + 40..first + 60];
+            let hex: String = whole.bytes().map(|b| format!("{b:02x}")).collect();
+            for (text_form, marker) in
+                [(&enc, middle.to_string()), (&hex, hex[80..120].to_string())]
+            {
+                for sep in ["\n", "\r\n", "\\n", "\\r\\n"] {
+                    for width in [60, 64, 76, 17] {
+                        for phase in [0, 1, 5, 33] {
+                            let text = wrap(text_form, width, phase, sep);
+                            let out = scrub.replace_all(text.as_bytes()).unwrap().unwrap();
+                            let out = String::from_utf8(out).unwrap();
+                            let flat: String = out.replace(sep, "");
+                            assert!(out.contains(&tok), "{prefix:?} {width} {phase} {sep:?}");
+                            assert!(
+                                !flat.contains(&marker),
+                                "{prefix:?} {width} {phase} {sep:?}: {out}"
+                            );
+                            // The same, fed a few bytes at a time.
+                            let mut r = scrub.stream();
+                            let mut streamed = Vec::new();
+                            for piece in text.as_bytes().chunks(7) {
+                                r.push(piece, &mut streamed).unwrap();
+                            }
+                            r.finish(&mut streamed).unwrap();
+                            assert_eq!(String::from_utf8(streamed).unwrap(), out);
+                        }
+                    }
                 }
             }
+            assert!(last > first + 60);
         }
+        // Text around a wrapped value is left as it was, breaks included.
+        let text = format!(
+            "line one\n{}\nline three\n",
+            wrap(&STANDARD.encode(&long), 64, 0, "\n")
+        );
+        let out = String::from_utf8(scrub.replace_all(text.as_bytes()).unwrap().unwrap()).unwrap();
+        assert!(
+            out.starts_with("line one\n") && out.ends_with("\nline three\n"),
+            "{out}"
+        );
+        // Unrelated wrapped base64 is untouched.
+        let other = wrap(&STANDARD.encode("x".repeat(200)), 64, 0, "\n");
+        assert_eq!(scrub.replace_all(other.as_bytes()).unwrap(), None);
     }
 
     #[test]

@@ -5,58 +5,174 @@
 //! of a pattern, so a pattern split across chunks is still found and nothing else is delayed.
 //! A pattern may be marked forbidden: meeting it stops the stream with its index.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// A pattern or replacement; may hold secret material, so it is wiped on drop.
 pub type Bytes = Zeroizing<Vec<u8>>;
 
 /// Compiled patterns and what each becomes (`None`: forbidden).
 pub struct PatternSet {
-    ac: AhoCorasick,
+    main: Layer,
+    /// Patterns also found with line breaks anywhere inside them (see `unwrap_lines`); pattern
+    /// `i` here is pattern `wrapped_base + i` of `main`.
+    wrapped: Option<Layer>,
+    wrapped_base: usize,
     replacements: Vec<Option<Zeroizing<Vec<u8>>>>,
-    prefixes: PrefixSet,
+}
+
+/// One automaton and what the stream must hold back for it.
+struct Layer {
+    ac: AhoCorasick,
+    /// The patterns, sorted (they may be secret values; wiped when dropped).
+    sorted: Vec<Bytes>,
     max_len: usize,
 }
 
-/// Proper prefixes of patterns (which may be secret values); wiped when dropped.
-#[derive(Default)]
-struct PrefixSet(HashSet<Vec<u8>>);
-
-impl Drop for PrefixSet {
-    fn drop(&mut self) {
-        for mut p in std::mem::take(&mut self.0) {
-            p.zeroize();
+impl Layer {
+    fn new<'a>(patterns: impl Iterator<Item = &'a [u8]> + Clone) -> Layer {
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns.clone())
+            .expect("patterns compile");
+        let mut sorted: Vec<Bytes> = patterns.map(|p| Zeroizing::new(p.to_vec())).collect();
+        sorted.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
+        sorted.dedup_by(|a, b| a.as_slice() == b.as_slice());
+        let max_len = sorted.iter().map(|p| p.len()).max().unwrap_or(0);
+        Layer {
+            ac,
+            sorted,
+            max_len,
         }
     }
+
+    /// Whether `s` is a proper prefix of some pattern. Patterns starting with `s` sort right
+    /// after `s` itself, so the first two at or after it decide.
+    fn extends(&self, s: &[u8]) -> bool {
+        let i = self.sorted.partition_point(|p| p.as_slice() < s);
+        self.sorted[i..]
+            .iter()
+            .take(2)
+            .any(|p| p.len() > s.len() && p.starts_with(s))
+    }
+
+    /// Length of the longest suffix of `buf` that is a proper prefix of some pattern.
+    fn overlap(&self, buf: &[u8]) -> usize {
+        let longest = buf.len().min(self.max_len.saturating_sub(1));
+        (1..=longest)
+            .rev()
+            .find(|&k| self.extends(&buf[buf.len() - k..]))
+            .unwrap_or(0)
+    }
 }
+
+/// A match: bytes `start..end` of the input are pattern `idx`.
+#[derive(Clone, Copy)]
+struct Hit {
+    start: usize,
+    end: usize,
+    idx: usize,
+}
+
+/// Line breaks a wrapped pattern may contain: CR, LF, and JSON's escaped `\n` and `\r`.
+fn has_break(buf: &[u8]) -> bool {
+    memchr::memchr3(b'\n', b'\r', b'\\', buf).is_some()
+}
+
+/// `buf` without its line breaks, and where they were: `removed[i] = (p, n)` says that before
+/// byte `p` of the flat text, `n` bytes were removed in all. A backslash at the very end (maybe the
+/// start of an escaped break) is dropped too and reported as `dangling`.
+struct Flat {
+    text: Zeroizing<Vec<u8>>,
+    removed: Vec<(usize, usize)>,
+    dangling: Option<usize>,
+}
+
+impl Flat {
+    fn new(buf: &[u8]) -> Flat {
+        let mut text = Zeroizing::new(Vec::with_capacity(buf.len()));
+        let mut removed = Vec::new();
+        let mut dangling = None;
+        let mut total = 0;
+        let mut i = 0;
+        while let Some(off) = memchr::memchr3(b'\n', b'\r', b'\\', &buf[i..]) {
+            let at = i + off;
+            text.extend_from_slice(&buf[i..at]);
+            let skip = match (buf[at], buf.get(at + 1)) {
+                (b'\\', Some(b'n' | b'r')) => 2,
+                (b'\\', None) => {
+                    dangling = Some(at);
+                    1
+                }
+                (b'\\', Some(_)) => {
+                    // An ordinary escape: keep both bytes (the second may be a backslash).
+                    text.extend_from_slice(&buf[at..at + 2]);
+                    i = at + 2;
+                    continue;
+                }
+                _ => 1,
+            };
+            total += skip;
+            removed.push((text.len(), total));
+            i = at + skip;
+        }
+        text.extend_from_slice(&buf[i.min(buf.len())..]);
+        Flat {
+            text,
+            removed,
+            dangling,
+        }
+    }
+
+    /// Where byte `f` of the flat text is in the original.
+    fn original(&self, f: usize) -> usize {
+        let i = self.removed.partition_point(|&(p, _)| p <= f);
+        f + if i == 0 { 0 } else { self.removed[i - 1].1 }
+    }
+}
+
+/// Buffers longer than this are replaced chunk by chunk (bounded scratch space).
+const WHOLE_BUFFER: usize = 1 << 20;
 
 impl PatternSet {
     /// `None` when there is no non-empty pattern.
     pub fn new(pairs: Vec<(Bytes, Option<Bytes>)>) -> Option<Arc<PatternSet>> {
-        let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
-        if pairs.is_empty() {
+        Self::with_wrapped(pairs, Vec::new())
+    }
+
+    /// Like `new`; `wrapped` patterns are also found with line breaks (`\n`, `\r\n`, or
+    /// JSON-escaped) anywhere inside them, at any width: base64 or hex wrapped by MIME, PEM,
+    /// `base64`, `xxd` or a file-content API.
+    pub fn with_wrapped(
+        pairs: Vec<(Bytes, Option<Bytes>)>,
+        wrapped: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Option<Arc<PatternSet>> {
+        // A pattern holding a break itself is only matched as it is.
+        let (wrapped, broken): (Vec<_>, Vec<_>) = wrapped
+            .into_iter()
+            .filter(|(p, _)| !p.is_empty())
+            .partition(|(p, _)| {
+                let flat = Flat::new(p);
+                flat.removed.is_empty() && flat.dangling.is_none()
+            });
+        let mut pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        pairs.extend(broken);
+        if pairs.is_empty() && wrapped.is_empty() {
             return None;
         }
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(pairs.iter().map(|(p, _)| p.as_slice()))
-            .expect("patterns compile");
-        let mut prefixes = PrefixSet::default();
-        for (p, _) in &pairs {
-            for n in 1..p.len() {
-                prefixes.0.insert(p[..n].to_vec());
-            }
-        }
-        let max_len = pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+        let wrapped_base = pairs.len();
+        let all = pairs.iter().chain(&wrapped);
+        let main = Layer::new(all.clone().map(|(p, _)| p.as_slice()));
+        let wrapped_layer =
+            (!wrapped.is_empty()).then(|| Layer::new(wrapped.iter().map(|(p, _)| p.as_slice())));
         Some(Arc::new(PatternSet {
-            ac,
-            replacements: pairs.into_iter().map(|(_, r)| r).collect(),
-            prefixes,
-            max_len,
+            main,
+            wrapped: wrapped_layer,
+            wrapped_base,
+            replacements: all.map(|(_, r)| r.clone()).collect(),
         }))
     }
 
@@ -68,45 +184,108 @@ impl PatternSet {
         }
     }
 
+    /// Non-overlapping matches in `buf`, leftmost first and longest at each start.
+    fn hits(&self, buf: &[u8]) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = self
+            .main
+            .ac
+            .find_iter(buf)
+            .map(|m| Hit {
+                start: m.start(),
+                end: m.end(),
+                idx: m.pattern().as_usize(),
+            })
+            .collect();
+        let Some(w) = self.wrapped.as_ref().filter(|_| has_break(buf)) else {
+            return hits;
+        };
+        let flat = Flat::new(buf);
+        let before = hits.len();
+        for m in w.ac.find_iter(&flat.text[..]) {
+            let start = flat.original(m.start());
+            let end = flat.original(m.end() - 1) + 1;
+            // Unbroken occurrences are already matches of `main`.
+            if end - start > m.end() - m.start() {
+                hits.push(Hit {
+                    start,
+                    end,
+                    idx: self.wrapped_base + m.pattern().as_usize(),
+                });
+            }
+        }
+        if hits.len() > before {
+            hits.sort_unstable_by_key(|h| (h.start, Reverse(h.end)));
+            let mut last_end = 0;
+            hits.retain(|h| {
+                let keep = h.start >= last_end;
+                if keep {
+                    last_end = h.end;
+                }
+                keep
+            });
+        }
+        hits
+    }
+
+    /// Where the held tail of a stream starts: nothing from there on can be released yet,
+    /// because it may be the start of a pattern (broken across lines, for wrapped ones).
+    fn boundary(&self, buf: &[u8]) -> usize {
+        let mut boundary = buf.len() - self.main.overlap(buf);
+        if let Some(w) = &self.wrapped {
+            // Every wrapped pattern is also in `main`, so only a tail with breaks adds anything;
+            // a break is at most 4 bytes, so a pattern's prefix spans at most 5 bytes per byte.
+            let from = buf.len().saturating_sub(5 * w.max_len);
+            let tail = &buf[from..];
+            if has_break(tail) {
+                let flat = Flat::new(tail);
+                let k = w.overlap(&flat.text);
+                let held = if k > 0 {
+                    Some(flat.original(flat.text.len() - k))
+                } else {
+                    flat.dangling
+                };
+                if let Some(h) = held {
+                    boundary = boundary.min(from + h);
+                }
+            }
+        }
+        boundary
+    }
+
     /// Indices of the patterns that occur in `data`.
     pub fn indices(&self, data: &[u8]) -> std::collections::BTreeSet<usize> {
-        self.ac
-            .find_iter(data)
-            .map(|m| m.pattern().as_usize())
-            .collect()
+        self.hits(data).into_iter().map(|h| h.idx).collect()
     }
 
     /// Whether any pattern occurs in `data`.
     pub fn is_match(&self, data: &[u8]) -> bool {
-        self.ac.is_match(data)
+        self.main.ac.is_match(data) || (self.wrapped.is_some() && !self.hits(data).is_empty())
     }
 
     /// Replaces every pattern in a complete buffer; `Err(index)` for a forbidden pattern.
-    pub fn replace_all(&self, data: &[u8]) -> Result<Option<Vec<u8>>, usize> {
-        if !self.ac.is_match(data) {
+    pub fn replace_all(self: &Arc<Self>, data: &[u8]) -> Result<Option<Vec<u8>>, usize> {
+        if self.wrapped.is_some() && data.len() > WHOLE_BUFFER {
+            let mut s = self.stream();
+            let mut out = Vec::with_capacity(data.len() + 64);
+            for chunk in data.chunks(WHOLE_BUFFER / 4) {
+                s.push(chunk, &mut out)?;
+            }
+            s.finish(&mut out)?;
+            return Ok((!s.seen.is_empty()).then_some(out));
+        }
+        if !self.is_match(data) {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(data.len() + 64);
         let mut last = 0;
-        for m in self.ac.find_iter(data) {
-            let rep = self.replacements[m.pattern().as_usize()]
-                .as_ref()
-                .ok_or(m.pattern().as_usize())?;
-            out.extend_from_slice(&data[last..m.start()]);
+        for h in self.hits(data) {
+            let rep = self.replacements[h.idx].as_ref().ok_or(h.idx)?;
+            out.extend_from_slice(&data[last..h.start]);
             out.extend_from_slice(rep);
-            last = m.end();
+            last = h.end;
         }
         out.extend_from_slice(&data[last..]);
         Ok(Some(out))
-    }
-
-    /// Length of the longest suffix of `buf` that is a proper prefix of some pattern.
-    fn overlap(&self, buf: &[u8]) -> usize {
-        let longest = buf.len().min(self.max_len.saturating_sub(1));
-        (1..=longest)
-            .rev()
-            .find(|&k| self.prefixes.0.contains(&buf[buf.len() - k..]))
-            .unwrap_or(0)
     }
 }
 
@@ -122,7 +301,7 @@ impl StreamReplacer {
     /// forbidden pattern is met (nothing from that point on is released).
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
         self.pending.extend_from_slice(chunk);
-        let boundary = self.pending.len() - self.set.overlap(&self.pending);
+        let boundary = self.set.boundary(&self.pending);
         self.release(boundary, out)
     }
 
@@ -144,21 +323,21 @@ impl StreamReplacer {
 
     fn release(&mut self, boundary: usize, out: &mut Vec<u8>) -> Result<(), usize> {
         let mut emitted = 0;
-        for m in self.set.ac.find_iter(&self.pending[..]) {
+        for m in self.set.hits(&self.pending[..]) {
             // A match starting in the held tail may still grow; leave it for the next chunk.
-            if m.start() >= boundary {
+            if m.start >= boundary {
                 break;
             }
-            let idx = m.pattern().as_usize();
+            let idx = m.idx;
             let Some(rep) = self.set.replacements[idx].as_ref() else {
-                out.extend_from_slice(&self.pending[emitted..m.start()]);
-                self.pending.drain(..m.start());
+                out.extend_from_slice(&self.pending[emitted..m.start]);
+                self.pending.drain(..m.start);
                 return Err(idx);
             };
-            out.extend_from_slice(&self.pending[emitted..m.start()]);
+            out.extend_from_slice(&self.pending[emitted..m.start]);
             out.extend_from_slice(rep);
             self.seen.insert(idx);
-            emitted = m.end();
+            emitted = m.end;
         }
         let upto = boundary.max(emitted);
         if upto > emitted {

@@ -310,7 +310,8 @@ echo "token=$OTHER"
     }
 }
 
-/// A blind project whose secret has characters every encoding treats specially.
+/// A blind project whose secret has characters every encoding treats specially, and is long
+/// enough (140 characters) that wrapped encodings of it break several times.
 fn echo_project() -> (
     crate::util::Sandbox,
     crate::upstream::Upstream,
@@ -331,7 +332,16 @@ path = "audit.jsonl"
         port = up.port,
         ca = crate::util::fixture("tls/ca.pem").to_str().unwrap()
     ));
-    (sb, up, "sk-echo/V4lue+&=xyz_0123456789\"q")
+    (
+        sb,
+        up,
+        concat!(
+            "sk-echo/V4lue+&=xyz_0123456789\"q",
+            "-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            "-ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210",
+            "-long/tail+of=the&key_0123456789abcde",
+        ),
+    )
 }
 
 #[test]

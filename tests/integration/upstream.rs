@@ -217,6 +217,10 @@ pub fn echo_corpus(v: &str) -> serde_json::Value {
         "slash": v.replace('/', "\\/"),
         "b64_wrapped60": wrap(&b64.encode(format!("some file content {v} more content")), 60, "\n"),
         "b64_wrapped76": wrap(&b64.encode(format!("x{v}")), 76, "\r\n"),
+        "b64_wrapped64": wrap(&b64.encode(format!("ab{v}")), 64, "\n"),
+        "b64_wrapped17": wrap(&b64.encode(v), 17, "\r\n"),
+        "hex_wrapped60": wrap(&hex(&format!("xxd -p {v}")), 60, "\n"),
+        "raw_wrapped": wrap(v, 40, "\n"),
     })
 }
 
