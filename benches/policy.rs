@@ -76,14 +76,12 @@ fn in_process(policies: usize, dir: &std::path::Path) {
         let k = i % toks.len();
         let claims = rt.block_on(engine.verify(&toks[k], now())).unwrap();
         let r = format!("secret/data/team{}/db", k % policies);
+        // The canonical parser is in the path, as on the server.
+        let target = kz::refs::parse(kz::config::ProviderKind::Vault, &r, None, None).unwrap();
+        let shown = target.display();
         let d = engine.decide(
             &claims,
-            &kz::server::engine::Subject {
-                reference: &r,
-                provider: None,
-                name: None,
-                action: "decide",
-            },
+            &kz::server::engine::Subject::of(&target, &shown, None, "decide"),
         );
         assert!(d.allowed, "{r}: {d:?} {claims:?}");
         lat.push(s.elapsed());
@@ -144,7 +142,7 @@ fn over_http(policies: usize, dir: &std::path::Path) {
                 for i in 0..per_conn {
                     let k = (c * per_conn + i) % toks.len();
                     let body =
-                        json!({"ref": format!("secret/data/team{}/db", k % policies)}).to_string();
+                        json!({"ref": format!("secret/data/team{}/db", k % policies), "provider": "vault"}).to_string();
                     let req = hyper::Request::post("/v1/decide")
                         .header("host", "kz")
                         .header("authorization", format!("Bearer {}", toks[k % toks.len()]))

@@ -14,6 +14,7 @@
 //! - [`time`]: timestamps for audit lines and request signing.
 //! - [`lru`]: the bounded cache behind every per-host cache.
 //! - [`blind`], [`proxy`]: blind mode (tokens, swap/scrub engine, the proxy and its front doors).
+//! - [`refs`]: one parser per provider for secret refs, and the paths policies match.
 //! - [`policy`]: the policy server's pure core (ref canonicalisation, globs, decisions).
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod mask;
 pub mod policy;
 pub mod provider;
 pub mod proxy;
+pub mod refs;
 pub mod secret;
 pub mod server;
 pub mod time;

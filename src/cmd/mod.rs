@@ -216,10 +216,13 @@ pub fn open_audit(cfg: &Config, flag: Option<&Path>) -> Result<Audit, Failure> {
     }
 }
 
-/// Resolves every secret of `cfg` concurrently.
+/// Resolves every secret of `cfg` concurrently, then lets the providers give back what they
+/// borrowed (a Vault token kz obtained by login is revoked: nothing later needs it).
 pub async fn resolve_config(cfg: &Config, env: Arc<dyn Env>, audit: &Audit) -> Vec<Resolved> {
     let set = ProviderSet::build(cfg, env);
-    resolve_all(&cfg.secrets, &set, audit).await
+    let resolved = resolve_all(&cfg.secrets, &set, audit).await;
+    set.finish().await;
+    resolved
 }
 
 pub fn process_env() -> Arc<dyn Env> {

@@ -172,6 +172,7 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                 ));
             }
             let engine = Engine::offline(b, process_env());
+            let rt = runtime()?;
             let (mut passed, mut failed) = (0, 0);
             for (i, c) in list.iter().enumerate() {
                 let name = c
@@ -195,15 +196,15 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                     failed += 1;
                     continue;
                 }
-                let d = engine.decide(
-                    &claims,
-                    &Subject {
-                        reference: r,
-                        provider,
-                        name: None,
-                        action: "resolve",
-                    },
-                );
+                let d = match rt.block_on(engine.explain_ref(provider, r)) {
+                    Ok(target) => {
+                        let shown = target.display();
+                        let mut subject = Subject::of(&target, &shown, None, "resolve");
+                        subject.provider = provider;
+                        engine.decide(&claims, &subject)
+                    }
+                    Err(_) => engine.decide(&claims, &Subject::refused(r, provider, "resolve")),
+                };
                 let got = if d.allowed { "allow" } else { "deny" };
                 if got == expect {
                     println!("ok    {name}");
@@ -234,17 +235,29 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                 .block_on(engine.verify(&token, now()))
                 .map_err(|e| Failure::new(EXIT_FAIL, format!("token: {e}")))?;
             let provider = provider.as_deref().and_then(ProviderKind::parse);
-            let subject = Subject {
-                reference: &reference,
-                provider,
-                name: None,
-                action: "decide",
+            let target = rt.block_on(engine.explain_ref(provider, &reference));
+            let shown = target.as_ref().map(|t| t.display()).unwrap_or_default();
+            let subject = match &target {
+                Ok(t) => {
+                    let mut s = Subject::of(t, &shown, None, "decide");
+                    s.provider = provider;
+                    s
+                }
+                Err(_) => Subject::refused(&reference, provider, "decide"),
             };
             let d = engine.decide(&claims, &subject);
-            let rules: Vec<Value> = match engine.outcomes(&claims, &subject) {
-                None => vec![
-                    json!({"reason": "the ref is not canonical (.., empty or encoded segments): denied"}),
-                ],
+            let outcomes = subject
+                .paths
+                .iter()
+                .map(|p| engine.outcomes(&claims, &subject, p))
+                .collect::<Option<Vec<_>>>()
+                .filter(|o| !o.is_empty())
+                .map(|o| o.concat());
+            let rules: Vec<Value> = match outcomes {
+                None => vec![json!({"reason": match &target {
+                    Err(e) => format!("the ref is not canonical ({e}): denied"),
+                    Ok(_) => "the ref is not canonical (.., empty or encoded segments): denied".into(),
+                }})],
                 Some(o) => o
                     .iter()
                     .map(|o| {

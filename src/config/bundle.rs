@@ -36,6 +36,8 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct Policy {
     pub glob: Glob,
+    /// `provider:`: the policy applies to this provider's refs only.
+    pub provider: Option<crate::config::ProviderKind>,
     pub rules: Vec<Rule>,
 }
 
@@ -54,8 +56,13 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// The policies whose `match` covers these canonical segments, in bundle order.
-    pub fn applicable(&self, segments: &[&str]) -> Vec<&Policy> {
+    /// The policies whose `match` covers these canonical segments (and whose `provider:`, if
+    /// any, is `provider`), in bundle order.
+    pub fn applicable(
+        &self,
+        segments: &[&str],
+        provider: Option<crate::config::ProviderKind>,
+    ) -> Vec<&Policy> {
         let mut idx: Vec<usize> = Vec::new();
         for &len in &self.prefix_lengths {
             if len > segments.len() {
@@ -63,11 +70,10 @@ impl Bundle {
             }
             let key: Vec<String> = segments[..len].iter().map(|s| s.to_string()).collect();
             if let Some(list) = self.index.get(&key) {
-                idx.extend(
-                    list.iter()
-                        .copied()
-                        .filter(|&i| self.policies[i].glob.matches(segments)),
-                );
+                idx.extend(list.iter().copied().filter(|&i| {
+                    let p = &self.policies[i];
+                    p.glob.matches(segments) && p.provider.map_or(true, |k| Some(k) == provider)
+                }));
             }
         }
         idx.sort_unstable();
@@ -231,11 +237,33 @@ fn parse_policy(v: &Value, path: &str, p: &mut Problems) -> Option<Policy> {
         p.push(path, "expected a mapping with match and rules");
         return None;
     };
-    check_keys(o, path, &["match", "rules"], p);
+    check_keys(o, path, &["match", "provider", "rules"], p);
+    let mut provider = match o.get("provider") {
+        None => None,
+        Some(v) => match v.as_str().and_then(crate::config::ProviderKind::parse) {
+            Some(k) => Some(k),
+            None => {
+                p.push(
+                    &format!("{path}.provider"),
+                    format!("unknown provider {v} (vault, aws-sm, 1password, local, env or file)"),
+                );
+                None
+            }
+        },
+    };
     let glob = match o.get("match").and_then(Value::as_str) {
-        Some(m) => Glob::parse(m)
-            .map_err(|e| p.push(&format!("{path}.match"), e))
-            .ok(),
+        // 1Password patterns may keep the `op://` of the refs they cover.
+        Some(m) => match m.strip_prefix("op://") {
+            Some(rest)
+                if provider.map_or(true, |k| k == crate::config::ProviderKind::OnePassword) =>
+            {
+                provider = Some(crate::config::ProviderKind::OnePassword);
+                Glob::parse(rest)
+            }
+            _ => Glob::parse(m),
+        }
+        .map_err(|e| p.push(&format!("{path}.match"), e))
+        .ok(),
         None => {
             p.push(&format!("{path}.match"), "missing");
             None
@@ -284,7 +312,11 @@ fn parse_policy(v: &Value, path: &str, p: &mut Problems) -> Option<Policy> {
             "missing (a list of {cel, effect})",
         ),
     }
-    Some(Policy { glob: glob?, rules })
+    Some(Policy {
+        glob: glob?,
+        provider,
+        rules,
+    })
 }
 
 /// Parses and validates bundle text; `file` names it in errors, `base` anchors relative paths.
@@ -483,7 +515,7 @@ mod index_tests {
                 .map(|p| p.glob.source.as_str())
                 .collect();
             let indexed: Vec<&str> = b
-                .applicable(&segs)
+                .applicable(&segs, None)
                 .iter()
                 .map(|p| p.glob.source.as_str())
                 .collect();

@@ -4,7 +4,7 @@
 pub mod bundle;
 pub mod host;
 pub mod reader;
-mod uri;
+pub mod uri;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -205,6 +205,10 @@ pub struct Providers {
     pub onepassword: OnePasswordConfig,
     /// Per-request timeout for each provider.
     pub timeouts: BTreeMap<ProviderKind, Duration>,
+    /// `cache_ttl` for each provider that sets one.
+    pub cache_ttls: BTreeMap<ProviderKind, Duration>,
+    /// Providers that have a section of their own (`[providers.NAME]`).
+    pub configured: std::collections::BTreeSet<ProviderKind>,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -212,6 +216,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 impl Providers {
     pub fn timeout(&self, kind: ProviderKind) -> Duration {
         self.timeouts.get(&kind).copied().unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// How long a resolved value may be reused; `None` when unset (the caller's default).
+    pub fn cache_ttl(&self, kind: ProviderKind) -> Option<Duration> {
+        self.cache_ttls.get(&kind).copied()
     }
 }
 
@@ -448,7 +457,7 @@ pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config
     cfg
 }
 
-fn valid_env_name(name: &str) -> bool {
+pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -464,14 +473,23 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
     }
     let table = match value {
         toml::Value::String(s) => {
-            return match uri::parse_shorthand(s) {
-                Ok(parts) => Some(SecretSpec {
+            let parsed = uri::parse_shorthand(s).and_then(|parts| {
+                let r = crate::refs::parse(
+                    parts.provider,
+                    &parts.reference,
+                    parts.key.as_deref(),
+                    parts.version.as_deref(),
+                )?;
+                Ok((r, parts.optional))
+            });
+            return match parsed {
+                Ok((r, optional)) => Some(SecretSpec {
                     name: name.to_string(),
-                    provider: parts.provider,
-                    reference: parts.reference,
-                    key: parts.key,
-                    version: parts.version,
-                    optional: parts.optional,
+                    provider: r.provider,
+                    reference: r.reference,
+                    key: r.key,
+                    version: r.version,
+                    optional,
                     hosts: Vec::new(),
                     swap: Swap::default(),
                 }),
@@ -562,81 +580,32 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
         }
     }
     r.finish(p);
-    if let (Some(kind), Some(reference)) = (provider, &reference) {
-        if let Err(e) = check_reference(kind, reference, key.as_deref(), version.as_deref()) {
-            p.push(&path, e);
+    let parsed = match (provider, &reference) {
+        (Some(kind), Some(reference)) => {
+            match crate::refs::parse(kind, reference, key.as_deref(), version.as_deref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    p.push(&path, e);
+                    None
+                }
+            }
         }
-    }
+        _ => None,
+    };
     if p.0.len() > before {
         return None;
     }
+    let parsed = parsed?;
     Some(SecretSpec {
         name: name.to_string(),
-        provider: provider?,
-        reference: reference?,
-        key,
-        version,
+        provider: parsed.provider,
+        reference: parsed.reference,
+        key: parsed.key,
+        version: parsed.version,
         optional,
         hosts,
         swap,
     })
-}
-
-/// Provider-specific shape checks that need no I/O.
-fn check_reference(
-    kind: ProviderKind,
-    reference: &str,
-    key: Option<&str>,
-    version: Option<&str>,
-) -> Result<(), String> {
-    match kind {
-        ProviderKind::OnePassword => {
-            let rest = reference.strip_prefix("op://").ok_or_else(|| {
-                format!(
-                    "1password ref {reference:?} must look like op://vault/item[/section]/field"
-                )
-            })?;
-            let parts: Vec<&str> = rest.split('/').collect();
-            if !(3..=4).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
-                return Err(format!(
-                    "1password ref {reference:?} must look like op://vault/item[/section]/field"
-                ));
-            }
-            if version.is_some() {
-                return Err("1password secrets do not take a version".into());
-            }
-        }
-        ProviderKind::Env => {
-            if !valid_env_name(reference) {
-                return Err(format!("env ref {reference:?} is not a variable name"));
-            }
-            if key.is_some() || version.is_some() {
-                return Err("env secrets take neither key nor version".into());
-            }
-        }
-        ProviderKind::Local | ProviderKind::File => {
-            if version.is_some() {
-                return Err(format!("{kind} secrets do not take a version"));
-            }
-            if kind == ProviderKind::Local && key.is_some() {
-                return Err("local secrets do not take a key".into());
-            }
-        }
-        ProviderKind::Vault => {
-            if reference.starts_with('/') || reference.contains("//") {
-                return Err(format!(
-                    "vault ref {reference:?} must be a path like secret/data/app/token"
-                ));
-            }
-            if let Some(v) = version {
-                if v.parse::<u64>().is_err() {
-                    return Err(format!("vault version {v:?} must be a number"));
-                }
-            }
-        }
-        ProviderKind::AwsSm => {}
-    }
-    Ok(())
 }
 
 fn parse_providers(t: &toml::Table, base: &Path, p: &mut Problems) -> Providers {
@@ -659,8 +628,12 @@ fn parse_providers(t: &toml::Table, base: &Path, p: &mut Problems) -> Providers 
             continue;
         };
         let mut r = Reader::new(path, table);
+        out.configured.insert(kind);
         if let Some(d) = r.duration("timeout", p) {
             out.timeouts.insert(kind, d);
+        }
+        if let Some(d) = r.duration("cache_ttl", p) {
+            out.cache_ttls.insert(kind, d);
         }
         match kind {
             ProviderKind::Local => {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::sigv4::{self, Credentials};
@@ -25,7 +24,37 @@ pub struct AwsSmProvider {
     profile: String,
     env: Arc<dyn Env>,
     client: HttpClient,
-    creds: OnceCell<Result<Credentials, ProviderError>>,
+    /// Credentials, and when temporary (STS) ones must be fetched again.
+    creds: tokio::sync::Mutex<Option<(Credentials, Option<std::time::Instant>)>>,
+    values: super::cache::TtlCache<Request, SecretValue>,
+}
+
+/// STS credentials are fetched again this long before they expire.
+const STS_REFRESH_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Seconds from now until an ISO 8601 UTC time such as `2026-11-28T18:00:00Z`.
+fn seconds_until(iso: &str) -> Option<i64> {
+    let b = iso.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| iso.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, mi, s) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days since 1970-01-01 of a Gregorian date, counted in 400-year eras from March 1st.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let at = days * 86400 + h * 3600 + mi * 60 + s;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(at - now)
 }
 
 /// A parsed INI file: section → key → value.
@@ -83,7 +112,11 @@ fn xml_field(xml: &str, tag: &str) -> Option<String> {
 }
 
 impl AwsSmProvider {
-    pub fn from_config(cfg: &AwsConfig, env: Arc<dyn Env>) -> Result<Self, ProviderError> {
+    pub fn from_config(
+        cfg: &AwsConfig,
+        env: Arc<dyn Env>,
+        cache_ttl: Option<std::time::Duration>,
+    ) -> Result<Self, ProviderError> {
         let profile = cfg
             .profile
             .clone()
@@ -121,28 +154,44 @@ impl AwsSmProvider {
             profile,
             env,
             client: HttpClient::new(&ca_list).map_err(ProviderError::config)?,
-            creds: OnceCell::new(),
+            creds: tokio::sync::Mutex::new(None),
+            values: super::cache::TtlCache::new(cache_ttl),
         })
     }
 
+    /// The held credentials, fetched again when temporary ones are close to expiry. Failures
+    /// are not kept.
     async fn credentials(&self) -> Result<Credentials, ProviderError> {
-        self.creds
-            .get_or_init(|| self.load_credentials())
-            .await
-            .clone()
+        let mut held = self.creds.lock().await;
+        if let Some((c, refresh)) = held.as_ref() {
+            if refresh.map_or(true, |at| std::time::Instant::now() < at) {
+                return Ok(c.clone());
+            }
+        }
+        let (c, expires_in) = self.load_credentials().await?;
+        let refresh = expires_in.map(|secs| {
+            let left = std::time::Duration::from_secs(secs.max(0) as u64);
+            std::time::Instant::now() + left.saturating_sub(STS_REFRESH_MARGIN).max(left / 2)
+        });
+        *held = Some((c.clone(), refresh));
+        Ok(c)
     }
 
-    async fn load_credentials(&self) -> Result<Credentials, ProviderError> {
+    /// Credentials and, for temporary ones, seconds until they expire.
+    async fn load_credentials(&self) -> Result<(Credentials, Option<i64>), ProviderError> {
         let env = &*self.env;
         if let (Some(id), Some(secret)) = (
             env.nonempty("AWS_ACCESS_KEY_ID"),
             env.nonempty("AWS_SECRET_ACCESS_KEY"),
         ) {
-            return Ok(Credentials {
-                access_key_id: id,
-                secret_access_key: Zeroizing::new(secret),
-                session_token: env.nonempty("AWS_SESSION_TOKEN").map(Zeroizing::new),
-            });
+            return Ok((
+                Credentials {
+                    access_key_id: id,
+                    secret_access_key: Zeroizing::new(secret),
+                    session_token: env.nonempty("AWS_SESSION_TOKEN").map(Zeroizing::new),
+                },
+                None,
+            ));
         }
         let creds_file = env
             .nonempty("AWS_SHARED_CREDENTIALS_FILE")
@@ -161,14 +210,17 @@ impl AwsSmProvider {
                 section.get("aws_access_key_id"),
                 section.get("aws_secret_access_key"),
             ) {
-                return Ok(Credentials {
-                    access_key_id: id.clone(),
-                    secret_access_key: Zeroizing::new(secret.clone()),
-                    session_token: section
-                        .get("aws_session_token")
-                        .cloned()
-                        .map(Zeroizing::new),
-                });
+                return Ok((
+                    Credentials {
+                        access_key_id: id.clone(),
+                        secret_access_key: Zeroizing::new(secret.clone()),
+                        session_token: section
+                            .get("aws_session_token")
+                            .cloned()
+                            .map(Zeroizing::new),
+                    },
+                    None,
+                ));
             }
         }
         let web_identity = env
@@ -196,7 +248,7 @@ impl AwsSmProvider {
         &self,
         token_file: &str,
         role_arn: &str,
-    ) -> Result<Credentials, ProviderError> {
+    ) -> Result<(Credentials, Option<i64>), ProviderError> {
         let token = Zeroizing::new(
             std::fs::read_to_string(token_file)
                 .map_err(|e| {
@@ -248,16 +300,30 @@ impl AwsSmProvider {
             xml_field(&text, "SecretAccessKey"),
             xml_field(&text, "SessionToken"),
         ) {
-            (Some(id), Some(secret), token) => Ok(Credentials {
-                access_key_id: id,
-                secret_access_key: Zeroizing::new(secret),
-                session_token: token.map(Zeroizing::new),
-            }),
+            (Some(id), Some(secret), token) => Ok((
+                Credentials {
+                    access_key_id: id,
+                    secret_access_key: Zeroizing::new(secret),
+                    session_token: token.map(Zeroizing::new),
+                },
+                // STS's default session is an hour.
+                Some(
+                    xml_field(&text, "Expiration")
+                        .and_then(|e| seconds_until(&e))
+                        .unwrap_or(3600),
+                ),
+            )),
             _ => Err(ProviderError::backend("sts response has no credentials")),
         }
     }
 
     async fn get_secret_value(&self, req: &Request) -> Result<SecretValue, ProviderError> {
+        self.values
+            .get_or_fetch(req.clone(), || self.fetch(req))
+            .await
+    }
+
+    async fn fetch(&self, req: &Request) -> Result<SecretValue, ProviderError> {
         let creds = self.credentials().await?;
         let mut payload = json!({ "SecretId": req.reference });
         if let Some(v) = &req.version {
@@ -391,6 +457,12 @@ mod tests {
         assert_eq!(config_profile(&ini, "dev").unwrap()["region"], "eu-west-1");
         assert!(is_version_id("01234567-89ab-cdef-0123-456789abcdef"));
         assert!(!is_version_id("AWSPREVIOUS"));
+        let later = crate::time::Utc::from_system(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+        )
+        .rfc3339();
+        let left = seconds_until(&later).unwrap();
+        assert!((3590..=3601).contains(&left), "{later}: {left}");
         assert_eq!(
             xml_field("<a><Code>X</Code></a>", "Code").as_deref(),
             Some("X")

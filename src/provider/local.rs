@@ -374,18 +374,22 @@ pub fn read_only(paths: &StorePaths) -> Result<Store, StoreError> {
     }
 }
 
-/// The `local` provider: reads the store once per run.
+/// The `local` provider: reads the store once per run (a server: once per `cache_ttl`).
 pub struct LocalProvider {
     paths: StorePaths,
-    cache: tokio::sync::OnceCell<Result<std::sync::Arc<Store>, ProviderError>>,
+    cache: super::cache::TtlCache<(), std::sync::Arc<Store>>,
 }
 
 impl LocalProvider {
-    pub fn from_config(cfg: &LocalConfig, env: &dyn Env) -> Result<Self, ProviderError> {
+    pub fn from_config(
+        cfg: &LocalConfig,
+        env: &dyn Env,
+        cache_ttl: Option<std::time::Duration>,
+    ) -> Result<Self, ProviderError> {
         let paths = StorePaths::resolve(cfg, None, env).map_err(ProviderError::config)?;
         Ok(LocalProvider {
             paths,
-            cache: tokio::sync::OnceCell::new(),
+            cache: super::cache::TtlCache::new(cache_ttl),
         })
     }
 }
@@ -398,7 +402,7 @@ impl Provider for LocalProvider {
         Box::pin(async move {
             let store = self
                 .cache
-                .get_or_init(|| async {
+                .get_or_fetch((), || async {
                     let paths = self.paths.clone();
                     tokio::task::spawn_blocking(move || read_only(&paths))
                         .await
@@ -406,8 +410,7 @@ impl Provider for LocalProvider {
                         .map(std::sync::Arc::new)
                         .map_err(|e| ProviderError::backend(e.to_string()))
                 })
-                .await
-                .clone()?;
+                .await?;
             store.secrets.get(&req.reference).cloned().ok_or_else(|| {
                 ProviderError::not_found(format!(
                     "not in local store {} (add it with: kz secret set {})",

@@ -2,6 +2,7 @@
 //! of a config concurrently (bounded, each with a timeout) and reports every failure.
 
 pub mod aws_sm;
+pub mod cache;
 pub mod env;
 pub mod file;
 pub mod local;
@@ -33,6 +34,9 @@ pub struct Request {
     pub reference: String,
     pub key: Option<String>,
     pub version: Option<String>,
+    /// Read exactly this path: no Vault fallback to the parent with the last segment as key
+    /// (the policy server decides on the parent separately before reading it).
+    pub exact: bool,
 }
 
 impl From<&SecretSpec> for Request {
@@ -41,6 +45,18 @@ impl From<&SecretSpec> for Request {
             reference: s.reference.clone(),
             key: s.key.clone(),
             version: s.version.clone(),
+            exact: false,
+        }
+    }
+}
+
+impl From<&crate::refs::SecretRef> for Request {
+    fn from(r: &crate::refs::SecretRef) -> Self {
+        Request {
+            reference: r.reference.clone(),
+            key: r.key.clone(),
+            version: r.version.clone(),
+            exact: true,
         }
     }
 }
@@ -108,6 +124,21 @@ impl From<crate::http::HttpError> for ProviderError {
 pub trait Provider: Send + Sync {
     fn resolve<'a>(&'a self, req: &'a Request)
         -> BoxFuture<'a, Result<SecretValue, ProviderError>>;
+
+    /// The one spelling of a parsed ref this provider reads (Vault: the API path, once the
+    /// mount and its KV version are known). Policies decide on this form.
+    fn canonical<'a>(
+        &'a self,
+        r: &'a crate::refs::SecretRef,
+    ) -> BoxFuture<'a, Result<crate::refs::SecretRef, ProviderError>> {
+        Box::pin(async move { Ok(r.clone()) })
+    }
+
+    /// Called once resolution is over (`kz run`): give back what was borrowed, such as a Vault
+    /// token obtained by login.
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The providers a config uses, built once. A provider that cannot be built (for example Vault
@@ -118,7 +149,27 @@ pub struct ProviderSet {
 }
 
 impl ProviderSet {
+    /// The providers `kz run` needs: those its secrets use. Values are kept for the run.
     pub fn build(cfg: &Config, env: Arc<dyn Env>) -> Self {
+        let kinds: Vec<ProviderKind> = cfg.secrets.iter().map(|s| s.provider).collect();
+        Self::build_kinds(cfg, env, &kinds, None)
+    }
+
+    /// The providers a long-running server needs: those its named secrets use and those with a
+    /// section under `providers:` (raw refs are served for these only). Values are kept for
+    /// each provider's `cache_ttl`, `DEFAULT_SERVER_TTL` when unset.
+    pub fn build_for_server(cfg: &Config, env: Arc<dyn Env>) -> Self {
+        let mut kinds: Vec<ProviderKind> = cfg.secrets.iter().map(|s| s.provider).collect();
+        kinds.extend(cfg.providers.configured.iter().copied());
+        Self::build_kinds(cfg, env, &kinds, Some(DEFAULT_SERVER_TTL))
+    }
+
+    fn build_kinds(
+        cfg: &Config,
+        env: Arc<dyn Env>,
+        kinds: &[ProviderKind],
+        default_ttl: Option<Duration>,
+    ) -> Self {
         let mut built = HashMap::new();
         let mut timeouts = HashMap::new();
         // Team mode: every provider kind goes through the policy server.
@@ -126,11 +177,11 @@ impl ProviderSet {
             .server
             .as_ref()
             .map(|s| server::ServerClient::new(s, &*env));
-        for spec in &cfg.secrets {
-            let kind = spec.provider;
+        for &kind in kinds {
             if built.contains_key(&kind) {
                 continue;
             }
+            let ttl = cfg.providers.cache_ttl(kind).or(default_ttl);
             timeouts.insert(kind, cfg.providers.timeout(kind));
             if let Some(team) = &team {
                 let p: Result<Arc<dyn Provider>, ProviderError> = team.clone().map(|client| {
@@ -143,26 +194,88 @@ impl ProviderSet {
                 ProviderKind::Env => Ok(Arc::new(env::EnvProvider::new(env.clone()))),
                 ProviderKind::File => Ok(Arc::new(file::FileProvider)),
                 ProviderKind::Local => {
-                    local::LocalProvider::from_config(&cfg.providers.local, &*env)
+                    local::LocalProvider::from_config(&cfg.providers.local, &*env, ttl)
                         .map(|p| Arc::new(p) as Arc<dyn Provider>)
                 }
                 ProviderKind::Vault => {
-                    vault::VaultProvider::from_config(&cfg.providers.vault, env.clone())
+                    vault::VaultProvider::from_config(&cfg.providers.vault, env.clone(), ttl)
                         .map(|p| Arc::new(p) as Arc<dyn Provider>)
                 }
                 ProviderKind::AwsSm => {
-                    aws_sm::AwsSmProvider::from_config(&cfg.providers.aws, env.clone())
+                    aws_sm::AwsSmProvider::from_config(&cfg.providers.aws, env.clone(), ttl)
                         .map(|p| Arc::new(p) as Arc<dyn Provider>)
                 }
                 ProviderKind::OnePassword => onepassword::OnePasswordProvider::from_config(
                     &cfg.providers.onepassword,
                     env.clone(),
+                    ttl,
                 )
                 .map(|p| Arc::new(p) as Arc<dyn Provider>),
             };
             built.insert(kind, p);
         }
         ProviderSet { built, timeouts }
+    }
+
+    /// The provider for `kind`, or why there is none.
+    pub fn get(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, ProviderError> {
+        match self.built.get(&kind) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(ProviderError::config(format!(
+                "provider {kind} is not configured"
+            ))),
+        }
+    }
+
+    /// Whether `kind` was built (successfully or not).
+    pub fn has(&self, kind: ProviderKind) -> bool {
+        self.built.contains_key(&kind)
+    }
+
+    /// The canonical form of a parsed ref, bounded by the provider's timeout.
+    pub async fn canonical(
+        &self,
+        r: &crate::refs::SecretRef,
+    ) -> Result<crate::refs::SecretRef, ProviderError> {
+        let p = self.get(r.provider)?;
+        self.timed(r.provider, p.canonical(r)).await
+    }
+
+    /// Reads exactly a canonical ref (no fallback), bounded by the provider's timeout.
+    pub async fn resolve_exact(
+        &self,
+        r: &crate::refs::SecretRef,
+    ) -> Result<SecretValue, ProviderError> {
+        let p = self.get(r.provider)?;
+        let req = Request::from(r);
+        self.timed(r.provider, p.resolve(&req)).await
+    }
+
+    async fn timed<T>(
+        &self,
+        kind: ProviderKind,
+        f: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let timeout = self
+            .timeouts
+            .get(&kind)
+            .copied()
+            .unwrap_or(crate::config::DEFAULT_TIMEOUT);
+        match tokio::time::timeout(timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::new(
+                ErrorKind::Timeout,
+                format!("timed out after {}", humantime::format_duration(timeout)),
+            )),
+        }
+    }
+
+    /// Lets every provider give back what it borrowed (Vault login tokens are revoked).
+    pub async fn finish(&self) {
+        for p in self.built.values().flatten() {
+            p.finish().await;
+        }
     }
 
     /// Replaces one provider, for tests and for team mode.
@@ -202,6 +315,9 @@ pub fn display_ref(spec: &SecretSpec) -> String {
         _ => spec.reference.clone(),
     }
 }
+
+/// How long the policy server reuses a value when its provider sets no `cache_ttl`.
+pub const DEFAULT_SERVER_TTL: Duration = Duration::from_secs(60);
 
 /// How many resolutions may be in flight at once.
 pub const MAX_CONCURRENT: usize = 32;
@@ -271,7 +387,7 @@ pub async fn resolve_all(specs: &[SecretSpec], set: &ProviderSet, audit: &Audit)
 }
 
 /// Drives futures concurrently on the current task, keeping their order.
-async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+pub async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
     let mut pinned: Vec<Pin<Box<F>>> = futs.map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

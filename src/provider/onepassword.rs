@@ -3,15 +3,13 @@
 //! vaults and items up by name once per run; otherwise it runs `op read`, which works with a
 //! service account (`OP_SERVICE_ACCOUNT_TOKEN`) or a signed-in desktop session.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
 use serde_json::Value;
-use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::{BoxFuture, Provider, ProviderError, Request};
@@ -67,8 +65,8 @@ pub struct OnePasswordProvider {
     mode: Mode,
 }
 
-/// Lookups made once per run, shared by concurrent resolutions.
-type Cache<K, V> = Mutex<HashMap<K, Arc<OnceCell<Result<V, ProviderError>>>>>;
+/// Lookups shared by concurrent resolutions, kept for `cache_ttl` (failures never).
+type Cache<K, V> = super::cache::TtlCache<K, V>;
 
 struct Connect {
     host: String,
@@ -79,13 +77,6 @@ struct Connect {
     items: Cache<(String, String), Arc<Value>>,
 }
 
-fn cell<K: std::hash::Hash + Eq, V>(
-    m: &Mutex<HashMap<K, Arc<OnceCell<V>>>>,
-    k: K,
-) -> Arc<OnceCell<V>> {
-    m.lock().unwrap().entry(k).or_default().clone()
-}
-
 /// 1Password ids are 26 lower-case alphanumerics.
 fn looks_like_id(s: &str) -> bool {
     s.len() == 26
@@ -94,7 +85,11 @@ fn looks_like_id(s: &str) -> bool {
 }
 
 impl OnePasswordProvider {
-    pub fn from_config(cfg: &OnePasswordConfig, env: Arc<dyn Env>) -> Result<Self, ProviderError> {
+    pub fn from_config(
+        cfg: &OnePasswordConfig,
+        env: Arc<dyn Env>,
+        cache_ttl: Option<std::time::Duration>,
+    ) -> Result<Self, ProviderError> {
         let host = cfg
             .connect_host
             .clone()
@@ -114,9 +109,9 @@ impl OnePasswordProvider {
                     host: host.trim_end_matches('/').to_string(),
                     token: Zeroizing::new(token),
                     client: HttpClient::new(&[]).map_err(ProviderError::config)?,
-                    vault_ids: Mutex::default(),
-                    item_ids: Mutex::default(),
-                    items: Mutex::default(),
+                    vault_ids: Cache::new(cache_ttl),
+                    item_ids: Cache::new(cache_ttl),
+                    items: Cache::new(cache_ttl),
                 })),
             });
         }
@@ -249,29 +244,30 @@ impl Connect {
     }
 
     async fn vault_id(&self, name: &str) -> Result<String, ProviderError> {
-        cell(&self.vault_ids, name.to_string())
-            .get_or_init(|| self.find_id("/v1/vaults", "name", "vault", name))
+        self.vault_ids
+            .get_or_fetch(name.to_string(), || {
+                self.find_id("/v1/vaults", "name", "vault", name)
+            })
             .await
-            .clone()
     }
 
     async fn item_id(&self, vault_id: &str, title: &str) -> Result<String, ProviderError> {
         let path = format!("/v1/vaults/{vault_id}/items");
-        cell(&self.item_ids, (vault_id.to_string(), title.to_string()))
-            .get_or_init(|| self.find_id(&path, "title", "item", title))
+        self.item_ids
+            .get_or_fetch((vault_id.to_string(), title.to_string()), || {
+                self.find_id(&path, "title", "item", title)
+            })
             .await
-            .clone()
     }
 
     async fn item(&self, vault_id: &str, item_id: &str) -> Result<Arc<Value>, ProviderError> {
-        cell(&self.items, (vault_id.to_string(), item_id.to_string()))
-            .get_or_init(|| async {
+        self.items
+            .get_or_fetch((vault_id.to_string(), item_id.to_string()), || async {
                 self.get(&format!("/v1/vaults/{vault_id}/items/{item_id}"))
                     .await
                     .map(Arc::new)
             })
             .await
-            .clone()
     }
 
     async fn read(&self, r: &OpRef) -> Result<SecretValue, ProviderError> {

@@ -13,7 +13,8 @@ use crate::env::Env;
 use crate::policy::decide::{decide, Decision, Outcome};
 use crate::policy::glob::canonicalize;
 use crate::policy::jwt::{self, IssuerKeys, Key};
-use crate::provider::ProviderSet;
+use crate::provider::{ErrorKind, ProviderSet};
+use crate::refs::SecretRef;
 
 /// An issuer's static keys and when its JWKS was last fetched.
 type Refresh = (
@@ -32,10 +33,70 @@ pub struct Engine {
 
 /// What a decision was about.
 pub struct Subject<'a> {
+    /// The ref as logged (canonical, `#key` and `?version=` included).
     pub reference: &'a str,
+    /// The paths policies match; every one must be allowed (see `SecretRef::policy_paths`).
+    pub paths: Vec<String>,
     pub provider: Option<ProviderKind>,
     pub name: Option<&'a str>,
+    pub key: Option<&'a str>,
     pub action: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    /// A decision about a canonical ref (`shown` is `r.display()`).
+    pub fn of(r: &'a SecretRef, shown: &'a str, name: Option<&'a str>, action: &'a str) -> Self {
+        Subject {
+            reference: shown,
+            paths: r.policy_paths(),
+            provider: Some(r.provider),
+            name,
+            key: r.key.as_deref(),
+            action,
+        }
+    }
+}
+
+impl<'a> Subject<'a> {
+    /// A ref with no canonical form: logged as given, and denied.
+    pub fn refused(reference: &'a str, provider: Option<ProviderKind>, action: &'a str) -> Self {
+        Subject {
+            reference,
+            paths: Vec::new(),
+            provider,
+            name: None,
+            key: None,
+            action,
+        }
+    }
+}
+
+/// Why a request for a secret is refused before or instead of a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `denied`, `not_found` or `backend`, as `/v1/resolve` reports it.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn denied(m: impl Into<String>) -> Self {
+        Refused {
+            code: "denied",
+            message: m.into(),
+        }
+    }
+}
+
+/// What a caller asked for: a bundle secret by name, or a provider ref.
+pub enum Asked<'a> {
+    Name(&'a str),
+    Raw {
+        provider: Option<&'a str>,
+        reference: &'a str,
+        key: Option<&'a str>,
+        version: Option<&'a str>,
+    },
 }
 
 impl Engine {
@@ -85,7 +146,7 @@ impl Engine {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let providers = ProviderSet::build(&bundle.config, env);
+        let providers = ProviderSet::build_for_server(&bundle.config, env);
         Ok(Engine {
             bundle,
             issuers: std::sync::RwLock::new(issuers),
@@ -147,30 +208,149 @@ impl Engine {
         jwt::verify(token, &self.issuers.read().unwrap(), now)
     }
 
-    pub fn decide(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Decision {
-        match self.outcomes(claims, s) {
-            Some(outcomes) => decide(&outcomes),
-            None => Decision {
-                allowed: false,
-                reveal: false,
-                matched: Vec::new(),
-            },
+    /// The canonical ref of what was asked for, or why it is refused before any decision:
+    /// unknown names, malformed refs, and raw refs to `env`, `file` or `local` (served only as
+    /// named secrets) or to a provider without a section under `providers:`.
+    pub async fn target(&self, asked: &Asked<'_>) -> Result<(SecretRef, Option<String>), Refused> {
+        let (parsed, name) = match asked {
+            Asked::Name(n) => {
+                let Some(s) = self.bundle.config.secrets.iter().find(|s| s.name == *n) else {
+                    // Existence is not disclosed: an unknown name is denied, never "not found".
+                    return Err(Refused::denied("denied by policy"));
+                };
+                let r = SecretRef {
+                    provider: s.provider,
+                    reference: s.reference.clone(),
+                    key: s.key.clone(),
+                    version: s.version.clone(),
+                };
+                (r, Some(s.name.clone()))
+            }
+            Asked::Raw {
+                provider,
+                reference,
+                key,
+                version,
+            } => {
+                let Some(kind) = provider.and_then(ProviderKind::parse) else {
+                    return Err(Refused::denied(
+                        "unknown provider (vault, aws-sm or 1password)",
+                    ));
+                };
+                if matches!(
+                    kind,
+                    ProviderKind::Env | ProviderKind::File | ProviderKind::Local
+                ) {
+                    return Err(Refused::denied(format!(
+                        "{kind} secrets are served only as named secrets"
+                    )));
+                }
+                if !self.bundle.config.providers.configured.contains(&kind) {
+                    return Err(Refused::denied(format!(
+                        "provider {kind} is not configured on this server"
+                    )));
+                }
+                let r = crate::refs::parse(kind, reference, *key, *version)
+                    .map_err(|e| Refused::denied(format!("invalid ref: {e}")))?;
+                (r, None)
+            }
+        };
+        match self.providers.canonical(&parsed).await {
+            Ok(r) => Ok((r, name)),
+            Err(e) if matches!(e.kind, ErrorKind::Config) => {
+                Err(Refused::denied(format!("invalid ref: {e}")))
+            }
+            Err(e) => Err(Refused {
+                code: "backend",
+                message: e.message,
+            }),
         }
     }
 
-    /// Every applicable rule's evaluation (`None`: the ref is not canonical, which denies).
-    pub fn outcomes(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Option<Vec<Outcome>> {
-        let segments = canonicalize(s.reference).ok()?;
+    /// The canonical ref for decisions that serve no value (`/v1/decide`, MCP `resolve` of a
+    /// raw ref, `kz policy test` and `eval`): through the provider when the bundle configures
+    /// it and the backend answers, else offline (a Vault ref without `data/` after the mount is read as the
+    /// CLI spelling of a KV v2 path, unless `providers.vault.kv_version` is 1). Without a
+    /// provider the ref is taken as a plain path.
+    pub async fn explain_ref(
+        &self,
+        provider: Option<ProviderKind>,
+        reference: &str,
+    ) -> Result<SecretRef, String> {
+        let Some(kind) = provider else {
+            return Ok(SecretRef {
+                provider: ProviderKind::Vault,
+                reference: reference.to_string(),
+                key: None,
+                version: None,
+            });
+        };
+        let mut r = crate::refs::parse(kind, reference, None, None)?;
+        if self.providers.has(kind) {
+            // When the backend cannot say (no token, unreachable), explained offline.
+            if let Ok(c) = self.providers.canonical(&r).await {
+                return Ok(c);
+            }
+        }
+        if kind == ProviderKind::Vault && self.bundle.config.providers.vault.kv_version != Some(1) {
+            if let Some((mount, rest)) = r.reference.split_once('/') {
+                if !rest.starts_with("data/") {
+                    r.reference = format!("{mount}/data/{rest}");
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn decide(&self, claims: &Map<String, Value>, s: &Subject<'_>) -> Decision {
+        let deny = Decision {
+            allowed: false,
+            reveal: false,
+            matched: Vec::new(),
+        };
+        if s.paths.is_empty() {
+            return deny;
+        }
+        // Every path the ref may name must be allowed; rules matched on any are reported.
+        let mut out: Option<Decision> = None;
+        for path in &s.paths {
+            let d = match self.outcomes(claims, s, path) {
+                Some(outcomes) => decide(&outcomes),
+                None => deny.clone(),
+            };
+            out = Some(match out {
+                None => d,
+                Some(mut acc) => {
+                    acc.allowed &= d.allowed;
+                    acc.reveal &= d.reveal;
+                    acc.matched.extend(d.matched);
+                    acc
+                }
+            });
+        }
+        out.unwrap_or(deny)
+    }
+
+    /// Every applicable rule's evaluation for one policy path (`None`: not canonical, which
+    /// denies). Policies with `provider:` apply to that provider's refs only.
+    pub fn outcomes(
+        &self,
+        claims: &Map<String, Value>,
+        s: &Subject<'_>,
+        path: &str,
+    ) -> Option<Vec<Outcome>> {
+        let segments = canonicalize(path).ok()?;
         let identity = Value::Object(claims.clone());
         let secret = json!({
-            "ref": s.reference,
+            "ref": path,
             "provider": s.provider.map(|p| p.name()).unwrap_or(""),
             "name": s.name.unwrap_or(""),
+            "key": s.key.unwrap_or(""),
         });
         let request = json!({"action": s.action, "time": crate::time::Utc::now().rfc3339()});
         let ctx = crate::policy::cel::variables(&identity, &secret, &request);
         let mut outcomes = Vec::new();
-        for p in self.bundle.applicable(&segments) {
+        for p in self.bundle.applicable(&segments, s.provider) {
             for (i, r) in p.rules.iter().enumerate() {
                 outcomes.push(Outcome {
                     rule: format!("{}#{i}", p.glob.source),
@@ -274,7 +454,7 @@ mod tests {
             for id in [json!({"service": "pipeline", "env": "prod"}), json!({"service": "support"}), json!({})] {
                 let claims = id.as_object().unwrap().clone();
                 for r in ["secret/data/prod/db", "secret/x/prod/db", "kv/a/b", "secret/data/staging/token", "other"] {
-                    let s = Subject { reference: r, provider: None, name: None, action: "resolve" };
+                    let s = Subject { reference: r, paths: vec![r.to_string()], provider: None, name: None, key: None, action: "resolve" };
                     let (da, db) = (a.decide(&claims, &s), b.decide(&claims, &s));
                     prop_assert_eq!((da.allowed, da.reveal), (db.allowed, db.reveal), "{} for {}", r, id);
                 }

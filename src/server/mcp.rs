@@ -13,7 +13,8 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 
-use super::engine::{Engine, Subject};
+use super::engine::{Asked, Engine, Subject};
+use crate::policy::decide::Decision;
 
 /// One MCP session: the engine and, over stdio, the caller's verified claims. Over HTTP the
 /// claims come with each request (the server verified its bearer token).
@@ -141,63 +142,73 @@ fn tool_ok(v: Value) -> CallToolResponse {
 }
 
 impl KzMcp {
-    fn secret_by_name(&self, name: &str) -> Option<&crate::config::SecretSpec> {
-        self.engine
-            .bundle
-            .config
-            .secrets
-            .iter()
-            .find(|s| s.name == name)
+    /// Decides on a bundle secret (canonical ref), logging the decision like every other one;
+    /// a secret whose ref has no canonical form is denied.
+    pub(crate) async fn decide_named(&self, name: &str, action: &str) -> Decision {
+        match self.engine.target(&Asked::Name(name)).await {
+            Ok((target, name)) => {
+                let shown = target.display();
+                self.decide_subject(&Subject::of(&target, &shown, name.as_deref(), action))
+            }
+            Err(_) => self.decide_subject(&Subject::refused(name, None, action)),
+        }
     }
 
-    /// Decides, and logs the decision like every other one.
-    pub(crate) fn decide(
+    /// The value of a bundle secret, after a logged decision (the one path `/v1/resolve` takes).
+    pub(crate) async fn value_of(
         &self,
-        s: &crate::config::SecretSpec,
+        asked: &Asked<'_>,
         action: &str,
-    ) -> crate::policy::decide::Decision {
-        self.decide_subject(&Subject {
-            reference: &s.reference,
-            provider: Some(s.provider),
-            name: Some(&s.name),
-            action,
-        })
+    ) -> Result<(crate::secret::SecretValue, Decision), super::engine::Refused> {
+        let decide = |s: &Subject<'_>| self.decide_subject(s);
+        super::resolve_authorized(&self.engine, asked, action, &decide).await
     }
 
     /// Decides and writes the decision-log line (a bundle secret or a raw ref alike).
-    fn decide_subject(&self, subject: &Subject<'_>) -> crate::policy::decide::Decision {
+    fn decide_subject(&self, subject: &Subject<'_>) -> Decision {
         match &self.server {
             Some(server) => server.decide_logged(&self.engine, &self.claims, subject).0,
             None => {
                 let start = std::time::Instant::now();
                 let d = self.engine.decide(&self.claims, subject);
-                let line = json!({
+                self.log(json!({
                     "time": crate::time::Utc::now().rfc3339(), "event": "decision",
                     "issuer": self.claims.get("iss"), "subject": self.claims.get("sub"),
                     "ref": subject.reference, "name": subject.name, "action": subject.action,
                     "decision": if d.allowed { "allow" } else { "deny" }, "matched": d.matched,
                     "latency_ms": (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-                });
-                eprintln!("{line}");
+                }));
                 d
             }
         }
     }
 
-    fn list_secrets(&self) -> CallToolResponse {
-        let secrets: Vec<Value> = self
-            .engine
-            .bundle
-            .config
-            .secrets
-            .iter()
-            .filter_map(|s| {
-                let d = self.decide(s, "list");
-                d.allowed.then(|| {
-                    json!({"name": s.name, "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(), "revealable": d.reveal})
-                })
-            })
-            .collect();
+    /// A decision-log line: the server's log over HTTP, stderr over stdio.
+    pub(crate) fn log(&self, line: Value) {
+        match &self.server {
+            Some(server) => (server.log)(&line.to_string()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// An allowed call that kz refused all the same (a `fetch` to a host the secret is not
+    /// bound to, a value too short to scrub): logged as `refused`, with the reason.
+    pub(crate) fn log_refused(&self, name: &str, action: &str, reason: &str) {
+        self.log(json!({
+            "time": crate::time::Utc::now().rfc3339(), "event": "decision",
+            "issuer": self.claims.get("iss"), "subject": self.claims.get("sub"),
+            "name": name, "action": action, "decision": "refused", "reason": reason,
+        }));
+    }
+
+    async fn list_secrets(&self) -> CallToolResponse {
+        let mut secrets = Vec::new();
+        for s in &self.engine.bundle.config.secrets {
+            let d = self.decide_named(&s.name, "list").await;
+            if d.allowed {
+                secrets.push(json!({"name": s.name, "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(), "revealable": d.reveal}));
+            }
+        }
         tool_ok(json!({"secrets": secrets}))
     }
 
@@ -205,46 +216,58 @@ impl KzMcp {
         let Some(r) = args.get("ref").and_then(Value::as_str) else {
             return tool_error("resolve needs ref: a secret name from list_secrets");
         };
-        let Some(s) = self.secret_by_name(r) else {
-            // A provider ref rather than a bundle name: decided as such, never revealed here.
-            let d = self.decide_subject(&Subject {
-                reference: r,
-                provider: None,
-                name: None,
-                action: "resolve",
-            });
-            return tool_ok(
-                json!({"allowed": d.allowed, "handle": if d.allowed { Value::from(r) } else { Value::Null }, "hosts": []}),
-            );
+        let denied = || tool_ok(json!({"allowed": false, "handle": Value::Null, "hosts": []}));
+        let Some(s) = self
+            .engine
+            .bundle
+            .config
+            .secrets
+            .iter()
+            .find(|s| s.name == r)
+        else {
+            // A provider ref (`vault://…`, or a plain path) rather than a bundle name: decided
+            // on its canonical form, never revealed here. A denied identity learns nothing.
+            let target = match crate::config::uri::parse_shorthand(r) {
+                Ok(parts) => self
+                    .engine
+                    .explain_ref(Some(parts.provider), &parts.reference)
+                    .await
+                    .map(|mut t| {
+                        t.key = parts.key;
+                        t.version = parts.version;
+                        t
+                    }),
+                Err(_) => self.engine.explain_ref(None, r).await,
+            };
+            let Ok(target) = target else {
+                self.decide_subject(&Subject::refused(r, None, "resolve"));
+                return denied();
+            };
+            let shown = target.display();
+            let mut subject = Subject::of(&target, &shown, None, "resolve");
+            if !r.contains("://") {
+                subject.provider = None;
+            }
+            return if self.decide_subject(&subject).allowed {
+                tool_ok(json!({"allowed": true, "handle": r, "hosts": []}))
+            } else {
+                denied()
+            };
         };
-        let d = self.decide(s, "resolve");
-        let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
+        let d = self.decide_named(&s.name, "resolve").await;
         if !d.allowed {
-            return tool_ok(json!({"allowed": false, "handle": Value::Null, "hosts": hosts}));
+            return denied();
         }
+        let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
         let mut out = json!({"allowed": true, "handle": s.name, "hosts": hosts});
         if d.reveal {
-            match self.value_of(s).await {
-                Ok(v) => out["value"] = Value::String(v.expose().to_string()),
-                Err(e) => return tool_error(format!("{}: {e}", s.name)),
+            match self.value_of(&Asked::Name(&s.name), "reveal").await {
+                Ok((v, d)) if d.reveal => out["value"] = Value::String(v.expose().to_string()),
+                Ok(_) => return tool_error(format!("{}: denied by policy", s.name)),
+                Err(e) => return tool_error(format!("{}: {}", s.name, e.message)),
             }
         }
         tool_ok(out)
-    }
-
-    pub(crate) async fn value_of(
-        &self,
-        s: &crate::config::SecretSpec,
-    ) -> Result<crate::secret::SecretValue, String> {
-        let audit = crate::audit::Audit::disabled();
-        let r =
-            crate::provider::resolve_all(std::slice::from_ref(s), &self.engine.providers, &audit)
-                .await;
-        match r.into_iter().next().map(|r| r.outcome) {
-            Some(Ok(Some(v))) => Ok(v),
-            Some(Err(e)) => Err(e.message),
-            _ => Err("not found".into()),
-        }
     }
 }
 
@@ -271,7 +294,7 @@ impl ServerHandler for KzMcp {
         let args = request.arguments.unwrap_or_default();
         let me = self.for_call(&context);
         Ok(match request.name.as_ref() {
-            "list_secrets" => me.list_secrets(),
+            "list_secrets" => me.list_secrets().await,
             "resolve" => me.resolve(&args).await,
             "fetch" => super::mcp_fetch::fetch(&me, &args).await,
             other => tool_error(format!("unknown tool {other}")),

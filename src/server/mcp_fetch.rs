@@ -53,6 +53,15 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         .get("scheme")
         .and_then(Value::as_str)
         .unwrap_or("bearer");
+    // Decided (and logged) and read first, so a denied identity learns nothing about the
+    // secret, not even whether it exists or where it is bound.
+    let value = match mcp
+        .value_of(&super::engine::Asked::Name(name), "fetch")
+        .await
+    {
+        Ok((v, _)) => v,
+        Err(e) => return error(format!("{name}: {}", e.message)),
+    };
     let Some(secret) = mcp
         .engine
         .bundle
@@ -61,19 +70,16 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         .iter()
         .find(|s| s.name == name)
     else {
-        return error(format!(
-            "{name}: denied (not a secret you may use; see list_secrets)"
-        ));
-    };
-    if !mcp.decide(secret, "fetch").allowed {
         return error(format!("{name}: denied by policy"));
-    }
+    };
     if !secret.hosts.iter().any(|h| h.matches(&host, port)) {
         let bound: Vec<String> = secret.hosts.iter().map(|h| h.to_string()).collect();
-        return error(format!(
+        let reason = format!(
             "{name} may not be sent to {host}:{port} (it is bound to {})",
             bound.join(", ")
-        ));
+        );
+        mcp.log_refused(name, "fetch", &reason);
+        return error(reason);
     }
     let mut headers = Vec::new();
     if let Some(h) = args.get("headers").and_then(Value::as_object) {
@@ -90,15 +96,13 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
             headers.push((k.clone(), v.as_str().unwrap_or_default().to_string()));
         }
     }
-    let value = match mcp.value_of(secret).await {
-        Ok(v) => v,
-        Err(e) => return error(format!("{name}: {e}")),
-    };
     if value.expose().len() < crate::mask::MIN_MASK_LEN {
-        return error(format!(
+        let reason = format!(
             "{name}: its value is shorter than {} characters, too short to scrub from responses",
             crate::mask::MIN_MASK_LEN
-        ));
+        );
+        mcp.log_refused(name, "fetch", &reason);
+        return error(reason);
     }
     // The request carries a token where the credential goes; the proxy engine swaps it (towards
     // a bound host only), forwards, and scrubs the response, exactly as for a blind agent.

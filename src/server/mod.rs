@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::config::ProviderKind;
 use crate::env::Env;
 use crate::provider::ErrorKind;
-use engine::{Engine, Subject};
+use engine::{Asked, Engine, Subject};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -127,7 +127,7 @@ pub struct Server {
     env: Arc<dyn Env>,
     next_id: AtomicU64,
     /// Where decision-log lines go.
-    log: Box<dyn Fn(&str) + Send + Sync>,
+    pub(crate) log: Box<dyn Fn(&str) + Send + Sync>,
     /// The sidecar injector (`POST /inject`), when configured.
     pub inject: Option<inject::InjectConfig>,
     /// MCP over Streamable HTTP at `/mcp`, when enabled.
@@ -402,20 +402,28 @@ impl Server {
                     json!({"error": "bad_request", "message": "ref is required"}),
                 );
             };
-            let provider = v
-                .get("provider")
-                .and_then(Value::as_str)
-                .and_then(ProviderKind::parse);
-            let (d, id) = self.decide_logged(
-                &engine,
-                &claims,
-                &Subject {
-                    reference: r,
-                    provider,
-                    name: None,
-                    action: "decide",
-                },
-            );
+            let str_of = |k: &str| v.get(k).and_then(Value::as_str);
+            let provider = str_of("provider").and_then(ProviderKind::parse);
+            // Decided on the canonical form (a bundle name: its secret's); a ref that has none
+            // is denied, and logged as given.
+            let target = match (
+                provider,
+                engine.bundle.config.secrets.iter().find(|s| s.name == r),
+            ) {
+                (None, Some(_)) => engine.target(&Asked::Name(r)).await.map_err(|e| e.message),
+                _ => engine.explain_ref(provider, r).await.map(|t| (t, None)),
+            };
+            let (d, id) = match target {
+                Ok((target, name)) => {
+                    let shown = target.display();
+                    let mut subject = Subject::of(&target, &shown, name.as_deref(), "decide");
+                    subject.provider = provider.or(name.as_ref().map(|_| target.provider));
+                    self.decide_logged(&engine, &claims, &subject)
+                }
+                Err(_) => {
+                    self.decide_logged(&engine, &claims, &Subject::refused(r, provider, "decide"))
+                }
+            };
             return json_response(
                 StatusCode::OK,
                 json!({"decision": if d.allowed {"allow"} else {"deny"}, "decision_id": id, "bundle_revision": engine.bundle.revision, "matched": d.matched}),
@@ -427,10 +435,23 @@ impl Server {
                 json!({"error": "bad_request", "message": "secrets is required"}),
             );
         };
-        let mut results = Vec::new();
-        for item in items {
-            results.push(self.resolve_one(&engine, &claims, item).await);
+        if items.len() > MAX_BATCH {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": format!("at most {MAX_BATCH} secrets per request")}),
+            );
         }
+        // Concurrently (bounded), answered in request order.
+        let sem = tokio::sync::Semaphore::new(BATCH_CONCURRENCY);
+        let me = &self;
+        let results = crate::provider::futures_join_all(items.iter().map(|item| {
+            let (engine, claims, sem) = (&engine, &claims, &sem);
+            async move {
+                let _permit = sem.acquire().await.expect("never closed");
+                me.resolve_one(engine, claims, item).await
+            }
+        }))
+        .await;
         json_response(StatusCode::OK, json!({"results": results}))
     }
 
@@ -440,73 +461,82 @@ impl Server {
         claims: &Map<String, Value>,
         item: &Value,
     ) -> Value {
-        let err = |r: &str, code: &str, msg: &str| json!({"ref": r, "error": {"code": code, "message": msg}});
-        let (kind, reference, key, version, name) =
-            if let Some(n) = item.get("name").and_then(Value::as_str) {
-                match engine.bundle.config.secrets.iter().find(|s| s.name == n) {
-                    // An unknown name is denied, never "not found": existence is not disclosed.
-                    None => return err(n, "denied", "denied by policy"),
-                    Some(s) => (
-                        s.provider,
-                        s.reference.clone(),
-                        s.key.clone(),
-                        s.version.clone(),
-                        Some(n),
-                    ),
-                }
-            } else {
-                let r = item.get("ref").and_then(Value::as_str).unwrap_or("");
-                let Some(kind) = item
-                    .get("provider")
-                    .and_then(Value::as_str)
-                    .and_then(ProviderKind::parse)
-                else {
-                    return err(r, "denied", "unknown provider");
-                };
-                let s = |k: &str| item.get(k).and_then(Value::as_str).map(String::from);
-                (kind, r.to_string(), s("key"), s("version"), None)
-            };
-        let shown = item
-            .get("name")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .unwrap_or_else(|| reference.clone());
-        let (d, _) = self.decide_logged(
-            engine,
-            claims,
-            &Subject {
-                reference: &reference,
-                provider: Some(kind),
-                name,
-                action: "resolve",
-            },
-        );
-        if !d.allowed {
-            return err(&shown, "denied", "denied by policy");
-        }
-        let spec = crate::config::SecretSpec {
-            name: name.unwrap_or("REF").to_string(),
-            provider: kind,
-            reference: reference.clone(),
-            key: key.clone(),
-            version: version.clone(),
-            optional: false,
-            hosts: Vec::new(),
-            swap: crate::config::Swap::default(),
-        };
-        let audit = crate::audit::Audit::disabled();
-        let resolved =
-            crate::provider::resolve_all(std::slice::from_ref(&spec), &engine.providers, &audit)
-                .await;
-        match resolved.into_iter().next().map(|r| r.outcome) {
-            Some(Ok(Some(v))) => json!({"ref": shown, "value": v.expose()}),
-            Some(Err(e)) if e.kind == ErrorKind::NotFound => err(&shown, "not_found", &e.message),
-            Some(Err(e)) => {
-                self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
-                err(&shown, "backend", &e.message)
+        let str_of = |k: &str| item.get(k).and_then(Value::as_str);
+        let (asked, shown) = match str_of("name") {
+            Some(n) => (Asked::Name(n), n.to_string()),
+            None => {
+                let r = str_of("ref").unwrap_or("");
+                (
+                    Asked::Raw {
+                        provider: str_of("provider"),
+                        reference: r,
+                        key: str_of("key"),
+                        version: str_of("version"),
+                    },
+                    r.to_string(),
+                )
             }
-            _ => err(&shown, "not_found", "not found"),
+        };
+        let decide = |s: &Subject<'_>| self.decide_logged(engine, claims, s).0;
+        match resolve_authorized(engine, &asked, "resolve", &decide).await {
+            Ok((v, _)) => json!({"ref": shown, "value": v.expose()}),
+            Err(e) => {
+                if e.code == "backend" {
+                    self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                json!({"ref": shown, "error": {"code": e.code, "message": e.message}})
+            }
         }
+    }
+}
+
+/// Most secrets in one `/v1/resolve` request, and how many of them are read at once.
+pub const MAX_BATCH: usize = 256;
+const BATCH_CONCURRENCY: usize = 16;
+
+/// The one path from a request for a secret to its value, for `/v1/resolve` and MCP alike:
+/// canonical ref, a logged decision on it, then a read of exactly that ref. A Vault ref without
+/// a key whose path does not exist may name the key of its parent: that parent is decided on
+/// separately before it is read, so no spelling reaches a secret its own path is denied.
+/// `not_found` is only said after an allow.
+pub(crate) async fn resolve_authorized(
+    engine: &Engine,
+    asked: &Asked<'_>,
+    action: &str,
+    decide: &(dyn Fn(&Subject<'_>) -> crate::policy::decide::Decision + Sync),
+) -> Result<(crate::secret::SecretValue, crate::policy::decide::Decision), engine::Refused> {
+    let (target, name) = engine.target(asked).await?;
+    let shown = target.display();
+    let d = decide(&Subject::of(&target, &shown, name.as_deref(), action));
+    if !d.allowed {
+        return Err(engine::Refused::denied("denied by policy"));
+    }
+    let refused = |e: crate::provider::ProviderError| engine::Refused {
+        code: match e.kind {
+            ErrorKind::NotFound => "not_found",
+            _ => "backend",
+        },
+        message: e.message,
+    };
+    match engine.providers.resolve_exact(&target).await {
+        Ok(v) => Ok((v, d)),
+        Err(e) if e.kind == ErrorKind::NotFound && target.provider == ProviderKind::Vault => {
+            let Some(parent) = crate::provider::vault::VaultProvider::parent_with_key(&target)
+            else {
+                return Err(refused(e));
+            };
+            let shown = parent.display();
+            let pd = decide(&Subject::of(&parent, &shown, name.as_deref(), action));
+            if !pd.allowed {
+                return Err(engine::Refused::denied("denied by policy"));
+            }
+            match engine.providers.resolve_exact(&parent).await {
+                Ok(v) => Ok((v, pd)),
+                Err(pe) if pe.kind == ErrorKind::NotFound => Err(refused(e)),
+                Err(pe) => Err(refused(pe)),
+            }
+        }
+        Err(e) => Err(refused(e)),
     }
 }
 
