@@ -413,6 +413,35 @@ impl Server {
                 (None, Some(_)) => engine.target(&Asked::Name(r)).await.map_err(|e| e.message),
                 _ => engine.explain_ref(provider, r).await.map(|t| (t, None)),
             };
+            // A Vault ref without a key may be read as its parent's key: answered the way
+            // `/v1/resolve` would decide it (the parent is decided too when the path is absent).
+            if let Ok((t, None)) = &target {
+                if t.provider == ProviderKind::Vault
+                    && t.key.is_none()
+                    && engine.providers.has(ProviderKind::Vault)
+                {
+                    let last = std::sync::Mutex::new(None);
+                    let decide = |s: &Subject<'_>| {
+                        let (d, id) = self.decide_logged(&engine, &claims, s);
+                        *last.lock().unwrap() = Some((d.clone(), id));
+                        d
+                    };
+                    let asked = Asked::Raw {
+                        provider: Some("vault"),
+                        reference: &t.reference,
+                        key: None,
+                        version: t.version.as_deref(),
+                    };
+                    let outcome = resolve_authorized(&engine, &asked, "decide", &decide).await;
+                    if let Some((mut d, id)) = last.into_inner().unwrap() {
+                        d.allowed = !matches!(&outcome, Err(e) if e.code == "denied");
+                        return json_response(
+                            StatusCode::OK,
+                            json!({"decision": if d.allowed {"allow"} else {"deny"}, "decision_id": id, "bundle_revision": engine.bundle.revision, "matched": d.matched}),
+                        );
+                    }
+                }
+            }
             let (d, id) = match target {
                 Ok((target, name)) => {
                     let shown = target.display();

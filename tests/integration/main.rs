@@ -14,6 +14,7 @@ mod load;
 mod local;
 mod mcp;
 mod onepassword;
+mod openbao;
 mod pod;
 mod policy;
 mod run;
