@@ -29,6 +29,8 @@ pub struct Engine {
     /// Per issuer: its static keys, and when its JWKS was last fetched.
     refresh: Vec<Refresh>,
     pub providers: ProviderSet,
+    /// Issuers whose JWKS could not be fetched yet (index, reason); retried in the background.
+    pending: std::sync::Mutex<Vec<(usize, String)>>,
 }
 
 /// What a decision was about.
@@ -105,6 +107,7 @@ impl Engine {
         let mut problems = Vec::new();
         let mut issuers = Vec::new();
         let mut refresh = Vec::new();
+        let mut pending = Vec::new();
         let client = crate::http::HttpClient::new(&[]).map_err(|e| vec![e])?;
         for i in &bundle.issuers {
             let mut keys: Vec<(Option<String>, Key)> = Vec::new();
@@ -131,9 +134,14 @@ impl Engine {
                 std::sync::Mutex::new(std::time::Instant::now()),
             ));
             if let Some(url) = &i.jwks_url {
+                // An unreachable JWKS does not stop the server: that issuer waits (503) while
+                // its keys are fetched again in the background.
                 match fetch_jwks(&client, url).await {
                     Ok(k) => keys.extend(k),
-                    Err(e) => problems.push(format!("issuer {}: jwks {url}: {e}", i.issuer)),
+                    Err(e) => pending.push((
+                        issuers.len(),
+                        format!("issuer {}: jwks {url}: {e}", i.issuer),
+                    )),
                 }
             }
             issuers.push(IssuerKeys {
@@ -152,7 +160,70 @@ impl Engine {
             issuers: std::sync::RwLock::new(issuers),
             refresh,
             providers,
+            pending: std::sync::Mutex::new(pending),
         })
+    }
+
+    /// Why the engine is not ready yet: issuers whose keys are still being fetched.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.pending
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, why)| why.clone())
+            .collect()
+    }
+
+    /// Whether `token` names an issuer whose keys are not loaded yet (its callers get 503,
+    /// not 401: the token may well be good).
+    pub fn issuer_pending(&self, token: &str) -> bool {
+        let Some(iss) = unverified_issuer(token) else {
+            return false;
+        };
+        self.pending
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(i, _)| self.bundle.issuers[*i].issuer == iss)
+    }
+
+    /// Fetches pending JWKS documents again with backoff (1 s doubling to 30 s) until every
+    /// issuer has its keys, or the engine is replaced.
+    pub async fn retry_jwks(engine: std::sync::Weak<Engine>) {
+        let mut delay = std::time::Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            let Some(e) = engine.upgrade() else { return };
+            let Ok(client) = crate::http::HttpClient::new(&[]) else {
+                continue;
+            };
+            let todo: Vec<usize> = e.pending.lock().unwrap().iter().map(|(i, _)| *i).collect();
+            for idx in todo {
+                let Some(url) = e.bundle.issuers[idx].jwks_url.clone() else {
+                    continue;
+                };
+                match fetch_jwks(&client, &url).await {
+                    Ok(fresh) => {
+                        let mut keys = e.refresh[idx].0.clone();
+                        keys.extend(fresh);
+                        e.issuers.write().unwrap()[idx].keys = keys;
+                        e.pending.lock().unwrap().retain(|(i, _)| *i != idx);
+                        eprintln!("kz: issuer {}: keys loaded", e.bundle.issuers[idx].issuer);
+                    }
+                    Err(err) => {
+                        let why =
+                            format!("issuer {}: jwks {url}: {err}", e.bundle.issuers[idx].issuer);
+                        for p in e.pending.lock().unwrap().iter_mut().filter(|p| p.0 == idx) {
+                            p.1 = why.clone();
+                        }
+                    }
+                }
+            }
+            if e.pending.lock().unwrap().is_empty() {
+                return;
+            }
+        }
     }
 
     /// An engine for offline evaluation (`kz policy test`): no keys, no providers.
@@ -163,6 +234,7 @@ impl Engine {
             issuers: std::sync::RwLock::new(Vec::new()),
             refresh: Vec::new(),
             providers,
+            pending: std::sync::Mutex::new(Vec::new()),
         }
     }
 

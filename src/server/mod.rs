@@ -238,7 +238,14 @@ impl Server {
         match result {
             Ok(engine) => {
                 let rev = engine.bundle.revision.clone();
-                *self.engine.write().unwrap() = Some(Arc::new(engine));
+                let engine = Arc::new(engine);
+                for why in engine.waiting_for() {
+                    eprintln!("kz: {why}; retrying (not ready until it loads)");
+                }
+                if !engine.waiting_for().is_empty() {
+                    tokio::spawn(Engine::retry_jwks(Arc::downgrade(&engine)));
+                }
+                *self.engine.write().unwrap() = Some(engine);
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 Ok(rev)
             }
@@ -264,6 +271,18 @@ impl Server {
                 json!({"error": "loading"}),
             ));
         };
+        let bearer = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.get(7..))
+            .unwrap_or("");
+        if engine.issuer_pending(bearer.trim()) {
+            return Err(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "keys_unavailable", "message": "this token's issuer keys are not loaded yet; retry"}),
+            ));
+        }
         match self.authenticate(&engine, req).await {
             Ok(c) => Ok((engine, c)),
             Err(reason) => {
@@ -343,6 +362,10 @@ impl Server {
             }
             (&Method::GET, "/readyz") => {
                 return match self.engine() {
+                    Some(e) if !e.waiting_for().is_empty() => json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "waiting for keys", "reasons": e.waiting_for()}),
+                    ),
                     Some(e) => json_response(
                         StatusCode::OK,
                         json!({"status": "ready", "bundle_revision": e.bundle.revision}),
@@ -569,6 +592,22 @@ pub(crate) async fn resolve_authorized(
     }
 }
 
+/// How long a changed bundle must stay unchanged before it is loaded.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Whether the file's content and modification time stay the same over `SETTLE`.
+async fn settled(path: &std::path::Path) -> bool {
+    let look = || {
+        (
+            std::fs::read(path).ok(),
+            std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        )
+    };
+    let before = look();
+    tokio::time::sleep(SETTLE).await;
+    before == look()
+}
+
 /// Serves the API on `listener` (TLS when `tls` is given) until `shutdown` resolves, reloading
 /// on SIGHUP and when the bundle file changes.
 pub async fn run(
@@ -591,7 +630,12 @@ pub async fn run(
                 };
                 let now = modified(&server.bundle_path);
                 if by_signal || now != last {
-                    last = now;
+                    // A file still being written may parse by chance: reload only once it has
+                    // stayed the same for a moment (the next tick tries again otherwise).
+                    if !settled(&server.bundle_path).await {
+                        continue;
+                    }
+                    last = modified(&server.bundle_path);
                     match server.reload().await {
                         Ok(rev) => eprintln!("kz: bundle reloaded (revision {rev})"),
                         Err(errors) => {

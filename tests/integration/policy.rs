@@ -240,9 +240,16 @@ fn the_seed_bundle_decides_as_written() {
     assert_eq!(v["bundle_revision"].as_str().unwrap().len(), 12);
     assert_eq!(v["matched"], json!(["secret/data/prod/**#0"]));
     // One decision-log line per decision: id, time, issuer, subject, ref, decision, matched.
+    // Six requests; for two of them the path does not exist in Vault, so its parent (with the
+    // last segment as the key) is decided too, and logged in its canonical form.
     std::thread::sleep(Duration::from_millis(200));
     let log = pdp.log.lock().unwrap().clone();
-    assert_eq!(log.len(), 6, "{log:?}");
+    assert_eq!(log.len(), 8, "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("\"ref\":\"secret/data/prod/github#token\"")),
+        "{log:?}"
+    );
     let line: Value =
         serde_json::from_str(log.iter().find(|l| l.contains("support-agent")).unwrap()).unwrap();
     for k in [
@@ -768,4 +775,87 @@ fn readiness_waits_for_keys_and_a_bad_start_exits() {
         err.contains("issuer h: KZ_TEST_UNSET_SECRET is not set"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unreachable_jwks_keeps_the_server_up_and_unready_until_it_loads() {
+    let sb = Sandbox::new();
+    let ok = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .arg("keys")
+        .arg(sb.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let jwks_port = crate::util::free_port();
+    sb.write(
+        "bundle.yaml",
+        &format!(
+            "identity:\n  issuers:\n  - issuer: k8s\n    audiences: [keyzero]\n    algorithms: [ES256]\n    jwks_url: \"http://127.0.0.1:{jwks_port}/jwks.json\"\npolicies:\n- match: \"**\"\n  rules:\n  - cel: \"true\"\n    effect: allow\n"
+        ),
+    );
+    // Nothing listens on the JWKS port: the server still starts (no crash loop).
+    let (mut child, port) = crate::util::start_kz_server(sb.kz(), &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let claims = json!({"iss": "k8s", "aud": "keyzero", "sub": "pod", "exp": now() + 600});
+    let out = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .args([
+            "sign",
+            sb.path().join("ec_key.pem").to_str().unwrap(),
+            "ES256",
+            "k1",
+            &claims.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let readyz = || {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &format!("{url}/readyz")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let r = readyz();
+    assert!(r.ends_with("503"), "{r}");
+    assert!(
+        r.contains("jwks") && r.contains(&jwks_port.to_string()),
+        "{r}"
+    );
+    let body = json!({"ref": "secret/data/x"});
+    let (status, v, _) = post(&format!("{url}/v1/decide"), Some(&token), body.clone());
+    assert_eq!(status, 503, "decisions for that issuer wait: {v}");
+    // The JWKS comes up: within the backoff the server loads it and is ready.
+    let mut jwks = Command::new(python())
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &jwks_port.to_string(),
+        ])
+        .current_dir(sb.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !readyz().ends_with("200") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, v, _) = post(&format!("{url}/v1/decide"), Some(&token), body);
+    assert_eq!(
+        (status, v["decision"].as_str()),
+        (200, Some("allow")),
+        "{v}"
+    );
+    let _ = jwks.kill();
+    let _ = jwks.wait();
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -249,9 +249,19 @@ pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Child, u16) {
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "server did not start: {line}");
+    // Notes (such as keys still loading) may come before the "listening" line.
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("server did not start: {seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("listening") {
+            break;
+        }
+    }
     std::thread::spawn(move || for _ in err.lines() {});
     (child, port)
 }
