@@ -229,9 +229,13 @@ pub enum ServerCommand {
         tls_cert: Option<PathBuf>,
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Also serve MCP at /mcp (not in this build yet)
+        /// Also serve MCP (Streamable HTTP) at /mcp: tools list_secrets, resolve, fetch
         #[arg(long)]
         mcp: bool,
+        /// With --mcp: also accept this Host name (a Kubernetes Service, say) besides localhost
+        /// and the --listen address; pages from it may call /mcp (repeatable)
+        #[arg(long, value_name = "NAME", requires = "mcp")]
+        allow_host: Vec<String>,
         /// Serve the sidecar injector at POST /inject with this kz image
         #[arg(long, value_name = "IMAGE")]
         inject_image: Option<String>,

@@ -30,6 +30,7 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         tls_cert,
         tls_key,
         mcp,
+        allow_host,
         inject_image,
         inject_config_map,
     } = cmd;
@@ -50,7 +51,9 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         let server = Server::with_injector(bundle, process_env(), inject);
         if mcp {
             let host = listen.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
-            server.enable_mcp(vec![host.clone(), listen.clone()]);
+            let mut hosts = vec![host.clone(), listen.clone()];
+            hosts.extend(allow_host);
+            server.enable_mcp(hosts);
         }
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

@@ -273,7 +273,12 @@ impl KzMcp {
 
 impl ServerHandler for KzMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(rmcp::model::Implementation::new(
+                "kz",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
             "KeyZero: use list_secrets to see which credentials you may use, and fetch to call an API with one; you never see the credential itself.",
         )
     }
@@ -297,7 +302,12 @@ impl ServerHandler for KzMcp {
             "list_secrets" => me.list_secrets().await,
             "resolve" => me.resolve(&args).await,
             "fetch" => super::mcp_fetch::fetch(&me, &args).await,
-            other => tool_error(format!("unknown tool {other}")),
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool {other:?} (list_secrets, resolve, fetch)"),
+                    None,
+                ))
+            }
         })
     }
 }

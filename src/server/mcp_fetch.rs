@@ -16,7 +16,15 @@ use serde_json::{json, Map, Value};
 
 use super::mcp::KzMcp;
 
+/// Most body bytes read from the upstream.
 pub const MAX_RESPONSE: usize = 1 << 20;
+
+/// The largest message the official MCP clients accept (one server-sent event): the result,
+/// with its body sent once, is kept under it.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Room in a message for the JSON-RPC envelope and the summary text.
+const ENVELOPE: usize = 2048;
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn error(msg: impl Into<String>) -> CallToolResponse {
@@ -244,16 +252,76 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         "status": parts.status.as_u16(),
         "content_type": header("content-type"),
         "headers": shown,
-        "body": conceal(&buf),
+        "body": "",
         "truncated": truncated,
     });
     if parts.headers.contains_key("location") {
         // Redirects are not followed (a cross-origin one would carry the credential elsewhere).
         result["location"] = Value::String(header("location"));
     }
-    let mut r = rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(
-        result.to_string(),
-    )]);
+    let room = MAX_MESSAGE.saturating_sub(result.to_string().len() + ENVELOPE);
+    let (body, cut) = fit_json(conceal(&buf), room);
+    result["body"] = Value::String(body);
+    result["truncated"] = Value::Bool(truncated || cut);
+    // The body goes once, in the structured result; the text block summarises it.
+    let summary = format!(
+        "HTTP {} {}, {} bytes{}; the body is in the structured result",
+        parts.status.as_u16(),
+        header("content-type"),
+        result["body"].as_str().map(str::len).unwrap_or(0),
+        if result["truncated"] == true {
+            " (truncated)"
+        } else {
+            ""
+        }
+    );
+    let mut r =
+        rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(summary)]);
     r.structured_content = Some(result);
     r.into()
+}
+
+/// `text`, cut on a character boundary so that it takes at most `limit` bytes as a JSON string;
+/// whether it was cut.
+fn fit_json(text: String, limit: usize) -> (String, bool) {
+    let escaped = |s: &str| {
+        serde_json::to_string(s)
+            .map(|j| j.len())
+            .unwrap_or(usize::MAX)
+    };
+    if escaped(&text) <= limit {
+        return (text, false);
+    }
+    let floor = |mut n: usize| {
+        while !text.is_char_boundary(n) {
+            n -= 1;
+        }
+        n
+    };
+    // The longest prefix that fits (fitting is monotonic in the prefix length).
+    let (mut lo, mut hi) = (0usize, text.len());
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if escaped(&text[..floor(mid)]) <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let at = floor(lo);
+    (text[..at].to_string(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_json;
+
+    #[test]
+    fn bodies_are_cut_to_fit_as_json() {
+        assert_eq!(fit_json("short".into(), 100), ("short".into(), false));
+        let (cut, was) = fit_json("\"é".repeat(1000), 101);
+        assert!(was);
+        assert!(serde_json::to_string(&cut).unwrap().len() <= 101);
+        assert!(serde_json::to_string(&cut).unwrap().len() >= 97, "{cut}");
+    }
 }

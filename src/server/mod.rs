@@ -209,7 +209,28 @@ impl Server {
         let server = self.clone();
         let mut cfg =
             rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default();
+        // Browsers send `Origin`: only pages served from an admitted host may call (others
+        // get 403); clients that send no `Origin` (agents, SDKs) are not affected.
+        let mut origins = Vec::new();
+        for h in ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(String::from)
+            .chain(hosts.iter().cloned())
+        {
+            // Entries may carry a port (`--listen host:port`); origins take the host.
+            let h = match (h.rfind(']'), h.matches(':').count()) {
+                (Some(end), _) => h[..=end].to_string(),
+                (None, 1) => h.split(':').next().unwrap_or_default().to_string(),
+                (None, 0) => h,
+                (None, _) => format!("[{h}]"),
+            };
+            origins.push(format!("http://{h}:*"));
+            origins.push(format!("https://{h}:*"));
+        }
         cfg.allowed_hosts.extend(hosts);
+        cfg = cfg
+            .with_allowed_origins(origins)
+            .enforce_origin_validation();
         let service = rmcp::transport::streamable_http_server::StreamableHttpService::new(
             move || {
                 let engine = server
@@ -403,8 +424,14 @@ impl Server {
                     Err(r) => return r,
                 };
                 let mut req = req;
+                let delete = req.method() == Method::DELETE;
                 req.extensions_mut().insert(mcp::McpIdentity(claims));
-                return self.mcp.get().expect("checked").handle(req).await;
+                let mut resp = self.mcp.get().expect("checked").handle(req).await;
+                // A session ended by DELETE: answered 204, as clients of the spec expect.
+                if delete && resp.status() == StatusCode::ACCEPTED {
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                }
+                return resp;
             }
             (&Method::POST, "/v1/decide") | (&Method::POST, "/v1/resolve") => {}
             _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

@@ -166,7 +166,16 @@ fn stdio_tools_for_an_allowed_identity() {
         "a tool result leaked the credential: {all}"
     );
     assert!(
-        calls[3]["text"].as_str().unwrap().contains("concealed"),
+        calls[3]["structured"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("concealed"),
+        "{}",
+        calls[3]
+    );
+    // The body is sent once: the text block only summarises it.
+    assert!(
+        calls[3]["text"].as_str().unwrap().starts_with("HTTP 200"),
         "{}",
         calls[3]
     );
@@ -231,13 +240,15 @@ fn streamable_http_with_bearer_identities() {
     let mut cmd = sb.kz();
     cmd.env("KZ_JWT_SECRET", SECRET)
         .stdout(std::process::Stdio::null());
-    let (mut server, port) = crate::util::start_kz_server(cmd, &["--mcp"]);
+    let (mut server, port) =
+        crate::util::start_kz_server(cmd, &["--mcp", "--allow-host", "keyzero.agents.svc"]);
     let url = format!("https://api.kz.test:{}/echo", up.port);
     let script = sb.write(
         "http-script.json",
         &json!([
             {"tool": "list_secrets"},
-            {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "header", "name": "X-Api-Key"}}}
+            {"tool": "fetch", "args": {"url": url, "auth": {"ref": "github", "scheme": "header", "name": "X-Api-Key"}}},
+            {"tool": "fetch", "args": {"url": format!("https://api.kz.test:{}/big", up.port), "auth": {"ref": "github", "scheme": "bearer"}}}
         ])
         .to_string(),
     );
@@ -269,6 +280,16 @@ fn streamable_http_with_bearer_identities() {
         2
     );
     assert_eq!(v["calls"][1]["structured"]["status"], 200, "{v}");
+    // A body of more than 1 MB arrives over HTTP, in the result once: the official client's
+    // 1 MiB message limit is kept (an upstream 3 MiB body is cut to fit, and says so).
+    let big = &v["calls"][2];
+    assert_eq!(big["structured"]["truncated"], true);
+    let len = big["structured"]["body"].as_str().unwrap().len();
+    assert!((1_000_000..1 << 20).contains(&len), "{len}");
+    assert!(
+        big["text"].as_str().unwrap().len() < 4096,
+        "the body is not repeated in text"
+    );
     assert!(up
         .requests()
         .iter()
@@ -296,6 +317,28 @@ fn streamable_http_with_bearer_identities() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&status.stdout), "401");
+    // What the SDK hides: server identity, unknown tools, Origin and Host checks, session end.
+    let raw = crate::util::python_json(
+        "mcp_raw.py",
+        &[&format!("http://127.0.0.1:{port}/mcp"), &token("pipeline")],
+    );
+    assert_eq!(
+        raw["initialize"]["result"]["serverInfo"]["name"], "kz",
+        "{raw}"
+    );
+    assert_eq!(
+        raw["initialize"]["result"]["serverInfo"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(raw["unknown_tool"]["error"]["code"], -32602, "{raw}");
+    assert_eq!(raw["foreign_origin"], 403, "{raw}");
+    assert_eq!(raw["local_origin"], 200, "{raw}");
+    assert_eq!(raw["foreign_host"], 403, "{raw}");
+    assert_eq!(
+        raw["service_host"], 200,
+        "--allow-host admits the Service name: {raw}"
+    );
+    assert_eq!(raw["delete"], 204, "{raw}");
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -451,4 +494,46 @@ fn resolve_of_a_raw_ref_is_decided_and_logged() {
         .find(|l| l.contains("secret/data/prod/raw-thing"))
         .unwrap_or_else(|| panic!("raw ref not in the decision log: {log}"));
     assert!(line.contains("\"action\":\"resolve\""), "{line}");
+}
+
+#[test]
+fn refusals_are_logged_as_refused_and_tell_a_denied_identity_nothing() {
+    let (sb, up) = setup();
+    let (v, log) = stdio_with_log(
+        &sb,
+        "pipeline",
+        json!([
+            {"tool": "fetch", "args": {"url": format!("https://other.kz.test:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}}
+        ]),
+    );
+    assert_eq!(v["calls"][0]["is_error"], true, "{v}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("\"decision\":\"refused\""))
+        .unwrap_or_else(|| panic!("the refused fetch is not logged as refused: {log}"));
+    assert!(refused.contains("other.kz.test"), "{refused}");
+    // A denied identity: the same answer for a secret that exists and one that does not, and
+    // no bound hosts.
+    let (v, _) = stdio_with_log(
+        &sb,
+        "support",
+        json!([
+            {"tool": "resolve", "args": {"ref": "github"}},
+            {"tool": "resolve", "args": {"ref": "no-such-secret"}},
+            {"tool": "fetch", "args": {"url": format!("https://api.kz.test:{}/echo", up.port), "auth": {"ref": "github", "scheme": "bearer"}}},
+            {"tool": "fetch", "args": {"url": format!("https://api.kz.test:{}/echo", up.port), "auth": {"ref": "no-such-secret", "scheme": "bearer"}}}
+        ]),
+    );
+    let calls = v["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["structured"], calls[1]["structured"], "{v}");
+    assert_eq!(calls[0]["structured"]["hosts"], json!([]));
+    assert_eq!(
+        calls[2]["text"].as_str().unwrap().replace("github", "X"),
+        calls[3]["text"]
+            .as_str()
+            .unwrap()
+            .replace("no-such-secret", "X"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("api.kz.test:"), "{v}");
 }
