@@ -1,8 +1,14 @@
 //! CEL rules: compiled once when a bundle loads, checked to reference only `identity`, `secret`
 //! and `request`, bounded in size and nesting, and evaluated to a boolean (anything else, or an
 //! evaluation error, is an error — which denies when the rule is a `deny`).
+//!
+//! `&&`, `||`, `!` and `?:` are evaluated here, the way the CEL spec defines them: the logical
+//! operators are commutative over errors, so `false && error` and `error && false` are `false`,
+//! `true || error` and `error || true` are `true`, and an error remains only when the other side
+//! cannot decide. Everything else is evaluated by `cel-interpreter`.
 
-use cel_interpreter::{Context, Program, Value};
+use cel_interpreter::{Context, IdedExpr, Program, Value};
+use cel_parser::ast::Expr;
 
 pub const MAX_RULE_LEN: usize = 4096;
 pub const MAX_NESTING: usize = 32;
@@ -10,7 +16,7 @@ pub const VARIABLES: [&str; 3] = ["identity", "secret", "request"];
 
 /// A compiled rule condition.
 pub struct Condition {
-    program: Program,
+    expr: IdedExpr,
     pub source: String,
 }
 
@@ -88,7 +94,7 @@ impl Condition {
         let compiled =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Program::compile(src)));
         std::panic::set_hook(previous);
-        let program = match compiled {
+        let program: Program = match compiled {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 return Err(format!(
@@ -117,8 +123,11 @@ impl Condition {
                 unknown.join(", ")
             ));
         }
+        let expr = cel_parser::Parser::default()
+            .parse(src)
+            .map_err(|_| "invalid cel: the expression could not be parsed".to_string())?;
         Ok(Condition {
-            program,
+            expr,
             source: src.to_string(),
         })
     }
@@ -135,14 +144,50 @@ impl Condition {
 
     /// Evaluates in a context built once with `variables` (one per decision, shared by rules).
     pub fn eval_in(&self, ctx: &Context<'_>) -> Result<bool, String> {
-        match self.program.execute(ctx) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "rule evaluated to {} instead of a boolean",
-                type_name(&other)
-            )),
-            Err(e) => Err(e.to_string().to_lowercase()),
+        boolean(&self.expr, ctx)
+    }
+}
+
+/// Evaluates `e` to a boolean, applying CEL's error-absorbing logical operators.
+fn boolean(e: &IdedExpr, ctx: &Context<'_>) -> Result<bool, String> {
+    if let Expr::Call(c) = &e.expr {
+        if c.target.is_none() {
+            match (c.func_name.as_str(), c.args.as_slice()) {
+                ("_&&_", [a, b]) => return logical(a, b, false, ctx),
+                ("_||_", [a, b]) => return logical(a, b, true, ctx),
+                ("!_", [a]) => return boolean(a, ctx).map(|v| !v),
+                ("_?_:_", [cond, yes, no]) => {
+                    return if boolean(cond, ctx)? {
+                        boolean(yes, ctx)
+                    } else {
+                        boolean(no, ctx)
+                    }
+                }
+                _ => {}
+            }
         }
+    }
+    match Value::resolve(e, ctx) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!(
+            "rule evaluated to {} instead of a boolean",
+            type_name(&other)
+        )),
+        Err(err) => Err(err.to_string().to_lowercase()),
+    }
+}
+
+/// `a && b` (`decisive` false) or `a || b` (`decisive` true): either side equal to `decisive`
+/// decides, whatever the other is (even an error).
+fn logical(a: &IdedExpr, b: &IdedExpr, decisive: bool, ctx: &Context<'_>) -> Result<bool, String> {
+    let left = boolean(a, ctx);
+    if left == Ok(decisive) {
+        return Ok(decisive);
+    }
+    match (left, boolean(b, ctx)) {
+        (_, Ok(v)) if v == decisive => Ok(decisive),
+        (Ok(_), Ok(_)) => Ok(!decisive),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }
 
@@ -219,6 +264,49 @@ mod tests {
                 &json!({"ref": "secret/data/prod/db"}),
                 &json!({"action": "resolve"})
             ),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn logical_operators_absorb_errors_as_the_cel_spec_says() {
+        let id = json!({"service": "x"});
+        let eval = |src: &str| {
+            Condition::compile(src)
+                .unwrap()
+                .eval(&id, &json!({}), &json!({}))
+        };
+        // `identity.missing` is an error (no such key).
+        assert_eq!(
+            eval("identity.missing == 1 || identity.service == 'x'"),
+            Ok(true)
+        );
+        assert_eq!(
+            eval("identity.service == 'x' || identity.missing == 1"),
+            Ok(true)
+        );
+        assert_eq!(
+            eval("identity.missing == 1 && identity.service == 'y'"),
+            Ok(false)
+        );
+        assert_eq!(
+            eval("identity.service == 'y' && identity.missing == 1"),
+            Ok(false)
+        );
+        assert!(eval("identity.missing == 1 || identity.service == 'y'").is_err());
+        assert!(eval("identity.service == 'x' && identity.missing == 1").is_err());
+        assert_eq!(eval("!(identity.missing == 1 && false)"), Ok(true));
+        assert_eq!(
+            eval("identity.service == 'x' ? (identity.missing == 1 || true) : false"),
+            Ok(true)
+        );
+        assert!(
+            eval("1 || true").is_ok(),
+            "a non-boolean side is an error the other absorbs"
+        );
+        assert!(eval("1 && true").is_err());
+        assert_eq!(
+            eval("identity.groups.exists(g, g == 'a') || identity.service == 'x'"),
             Ok(true)
         );
     }
