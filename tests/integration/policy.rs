@@ -859,3 +859,124 @@ fn an_unreachable_jwks_keeps_the_server_up_and_unready_until_it_loads() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn no_spelling_reaches_a_denied_aws_or_1password_secret() {
+    let sb = Sandbox::new();
+    let moto = crate::util::start_moto(&[]);
+    crate::util::python_json("aws_setup.py", &[&moto.url(), "open"]);
+    let arn = Command::new(python())
+        .args([
+            "-c",
+            "import boto3,sys; print(boto3.client('secretsmanager', endpoint_url=sys.argv[1], region_name='eu-west-1', aws_access_key_id='t', aws_secret_access_key='t').describe_secret(SecretId='prod/db')['ARN'])",
+            &moto.url(),
+        ])
+        .output()
+        .unwrap();
+    let arn = String::from_utf8(arn.stdout).unwrap().trim().to_string();
+    assert!(arn.starts_with("arn:aws:secretsmanager:"), "{arn}");
+    let op = sb.write(
+        "connect.json",
+        &json!({"token": "connect-token", "vaults": {"Dev": {
+            "OpenAI": {"fields": {"api-key": "sk-op-DENIED-1a2b", "username": "bot-DENIED"}},
+            "DB": {"fields": {}, "sections": {"conn": {"password": "op-db-allowed-4d5e"}}}
+        }}})
+        .to_string(),
+    );
+    let connect = start_script("connect_server.py", &[&op]);
+    sb.write(
+        "bundle.yaml",
+        &format!(
+            r#"
+identity:
+  issuers:
+  - issuer: "https://issuer.example"
+    audiences: ["keyzero"]
+    algorithms: ["HS256"]
+    secret_env: "KZ_JWT_SECRET"
+providers:
+  aws-sm: {{ region: eu-west-1, endpoint: "{}" }}
+  1password: {{ connect_host: "{}", connect_token_env: "OPC" }}
+policies:
+- match: "**"
+  rules:
+  - cel: "identity.service == 'data-pipeline-agent'"
+    effect: allow
+- match: "prod/db"
+  provider: aws-sm
+  rules:
+  - cel: "identity.service == 'data-pipeline-agent'"
+    effect: deny
+- match: "op://Dev/OpenAI"
+  rules:
+  - cel: "identity.service == 'data-pipeline-agent'"
+    effect: deny
+"#,
+            moto.url(),
+            connect.url()
+        ),
+    );
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", JWT_SECRET)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("OPC", "connect-token")
+        .stdout(Stdio::null());
+    let (mut child, port) = crate::util::start_kz_server(cmd, &[]);
+    let url = format!("http://127.0.0.1:{port}/v1/resolve");
+    let partial = arn.rsplit_once('-').unwrap().0.to_string();
+    let aws = [
+        "prod/db".to_string(),
+        "prod/db#password".into(),
+        "prod/db?version=AWSCURRENT#password".into(),
+        "prod/db#".into(),
+        "prod//db".into(),
+        "prod/./db".into(),
+        "prod/db?versionId=x".into(),
+        format!("{arn}#password"),
+        arn.clone(),
+        format!("{partial}#password"),
+    ];
+    let one = [
+        "op://Dev/OpenAI/api-key",
+        "op://Dev/OpenAI/username",
+        "op://Dev/OpenAI/api-key?attribute=otp",
+        "op://Dev//OpenAI/api-key",
+        "op://Dev/./OpenAI/api-key",
+        "op://Dev/OpenAI/x/api-key",
+    ];
+    let mut items: Vec<Value> = aws
+        .iter()
+        .map(|r| json!({"provider": "aws-sm", "ref": r}))
+        .collect();
+    items.extend(
+        one.iter()
+            .map(|r| json!({"provider": "1password", "ref": r})),
+    );
+    let (status, v, _) = post(
+        &url,
+        Some(&identity("data-pipeline-agent")),
+        json!({"secrets": items}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let text = v.to_string();
+    for leaked in ["db-pass-3333", "sk-op-DENIED", "bot-DENIED"] {
+        assert!(!text.contains(leaked), "{leaked}: {text}");
+    }
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["error"]["code"], "denied", "{r}");
+    }
+    // The same identity reads what the denials do not cover.
+    let (_, v, _) = post(
+        &url,
+        Some(&identity("data-pipeline-agent")),
+        json!({"secrets": [
+            {"provider": "aws-sm", "ref": "prod/slack-bot-token"},
+            {"provider": "1password", "ref": "op://Dev/DB/conn/password"}
+        ]}),
+    );
+    assert_eq!(v["results"][0]["value"], "xoxb-slack-new-2222", "{v}");
+    assert_eq!(v["results"][1]["value"], "op-db-allowed-4d5e", "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
