@@ -608,3 +608,23 @@ fn a_batch_is_resolved_concurrently_in_request_order() {
         "8 reads of 0.5 s took {took:?}"
     );
 }
+
+#[test]
+fn a_sealed_server_is_a_clear_error() {
+    let bao = Bao::seeded();
+    let sb = Sandbox::new();
+    sb.config(&format!(
+        "[secrets]\nT = \"vault://secret/data/prod/other#k\"\n[providers.vault]\naddress = \"{}\"\n",
+        bao.addr()
+    ));
+    bao.cli(&["operator", "seal"]);
+    let (code, out, err) = run(sb
+        .kz()
+        .env("VAULT_TOKEN", "root")
+        .args(["run", "--", "true"]));
+    assert_eq!(code, 125, "{out}{err}");
+    assert!(
+        err.contains("kz: T: vault: secret/data/prod/other#k:") && err.contains("sealed"),
+        "{err}"
+    );
+}

@@ -980,3 +980,74 @@ policies:
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_bundle_caught_half_written_is_never_loaded() {
+    let sb = Sandbox::new();
+    let policy = |n: usize| {
+        format!(
+            "- match: \"secret/data/p{n}/**\"\n  rules:\n  - cel: \"true\"\n    effect: allow\n"
+        )
+    };
+    let head = "identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: KZ_JWT_SECRET\npolicies:\n";
+    let initial = format!("{head}{}", policy(0));
+    // The half a slow writer has written so far parses on its own (one policy fewer).
+    let half = format!("{head}{}{}", policy(1), policy(2));
+    let full = format!("{half}{}", policy(3));
+    let revision = |text: &str| {
+        let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        d.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let path = sb.write("bundle.yaml", &initial);
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", JWT_SECRET).stdout(Stdio::null());
+    let (mut child, port) = crate::util::start_kz_server(cmd, &[]);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("curl")
+                    .args(["-s", &format!("http://127.0.0.1:{port}/readyz")])
+                    .output()
+                    .unwrap();
+                if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                    if let Some(r) = v["bundle_revision"].as_str() {
+                        seen.lock().unwrap().insert(r.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // A slow writer: half the file, a pause, the rest, several times over (3 s, so the
+    // once-a-second check lands in a half-written moment more than once).
+    for _ in 0..10 {
+        std::fs::write(&path, &half).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        std::fs::write(&path, &full).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let start = Instant::now();
+    while !seen.lock().unwrap().contains(&revision(&full)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the full bundle never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.contains(&revision(&half)),
+        "a half-written bundle was loaded: {seen:?}"
+    );
+    assert!(seen.contains(&revision(&initial)), "{seen:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
