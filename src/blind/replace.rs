@@ -21,6 +21,9 @@ pub struct PatternSet {
     /// `i` here is pattern `wrapped_base + i` of `main`.
     wrapped: Option<Layer>,
     wrapped_base: usize,
+    /// Bytes that occur in some wrapped pattern: a break with none of them beside it cannot be
+    /// inside a wrapped match, which spares the flat scan for most text.
+    wrap_bytes: [bool; 256],
     replacements: Vec<Option<Zeroizing<Vec<u8>>>>,
 }
 
@@ -75,11 +78,6 @@ struct Hit {
     start: usize,
     end: usize,
     idx: usize,
-}
-
-/// Line breaks a wrapped pattern may contain: CR, LF, and JSON's escaped `\n` and `\r`.
-fn has_break(buf: &[u8]) -> bool {
-    memchr::memchr3(b'\n', b'\r', b'\\', buf).is_some()
 }
 
 /// `buf` without its line breaks, and where they were: `removed[i] = (p, n)` says that before
@@ -168,10 +166,17 @@ impl PatternSet {
         let main = Layer::new(all.clone().map(|(p, _)| p.as_slice()));
         let wrapped_layer =
             (!wrapped.is_empty()).then(|| Layer::new(wrapped.iter().map(|(p, _)| p.as_slice())));
+        let mut wrap_bytes = [false; 256];
+        for (p, _) in &wrapped {
+            for &b in p.iter() {
+                wrap_bytes[b as usize] = true;
+            }
+        }
         Some(Arc::new(PatternSet {
             main,
             wrapped: wrapped_layer,
             wrapped_base,
+            wrap_bytes,
             replacements: all.map(|(_, r)| r.clone()).collect(),
         }))
     }
@@ -196,7 +201,11 @@ impl PatternSet {
                 idx: m.pattern().as_usize(),
             })
             .collect();
-        let Some(w) = self.wrapped.as_ref().filter(|_| has_break(buf)) else {
+        let Some(w) = self
+            .wrapped
+            .as_ref()
+            .filter(|_| self.break_between_pattern_bytes(buf, false))
+        else {
             return hits;
         };
         let flat = Flat::new(buf);
@@ -236,7 +245,7 @@ impl PatternSet {
             // a break is at most 4 bytes, so a pattern's prefix spans at most 5 bytes per byte.
             let from = buf.len().saturating_sub(5 * w.max_len);
             let tail = &buf[from..];
-            if has_break(tail) {
+            if self.break_between_pattern_bytes(tail, true) {
                 let flat = Flat::new(tail);
                 let k = w.overlap(&flat.text);
                 let held = if k > 0 {
@@ -250,6 +259,40 @@ impl PatternSet {
             }
         }
         boundary
+    }
+
+    /// Whether `buf` has a line break with a byte of some wrapped pattern right before it and
+    /// right after it (`open_end`: or the buffer ending there, more text may follow). Only such
+    /// a break can be inside a wrapped match. Errs towards yes (an escaped backslash followed by
+    /// `n` counts as a break here).
+    fn break_between_pattern_bytes(&self, buf: &[u8], open_end: bool) -> bool {
+        let mut i = 0;
+        while let Some(off) = memchr::memchr3(b'\n', b'\r', b'\\', &buf[i..]) {
+            let at = i + off;
+            let mut end = at;
+            loop {
+                match (buf.get(end), buf.get(end + 1)) {
+                    (Some(b'\n' | b'\r'), _) => end += 1,
+                    (Some(b'\\'), Some(b'n' | b'r')) => end += 2,
+                    (Some(b'\\'), None) => end += 1,
+                    _ => break,
+                }
+            }
+            if end > at {
+                let left = at
+                    .checked_sub(1)
+                    .is_some_and(|p| self.wrap_bytes[buf[p] as usize]);
+                let right = match buf.get(end) {
+                    Some(&b) => self.wrap_bytes[b as usize],
+                    None => open_end,
+                };
+                if left && right {
+                    return true;
+                }
+            }
+            i = end.max(at + 1);
+        }
+        false
     }
 
     /// Indices of the patterns that occur in `data`.

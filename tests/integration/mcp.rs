@@ -339,6 +339,27 @@ fn streamable_http_with_bearer_identities() {
         "--allow-host admits the Service name: {raw}"
     );
     assert_eq!(raw["delete"], 204, "{raw}");
+    // The official TypeScript SDK as the client too: it negotiates the current protocol,
+    // calls the tools, receives a body over 1 MB, and ends its session cleanly.
+    let ts = std::process::Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/mcp_client.mjs"))
+        .args([&format!("http://127.0.0.1:{port}/mcp"), &token("pipeline")])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        ts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ts.stderr)
+    );
+    let ts: Value = serde_json::from_slice(&ts.stdout).unwrap();
+    assert_eq!(ts["server"]["name"], "kz", "{ts}");
+    assert_eq!(ts["protocol"], "2025-11-25", "{ts}");
+    assert_eq!(ts["tools"], json!(["list_secrets", "resolve", "fetch"]));
+    assert_eq!(ts["calls"][1]["structured"]["status"], 200, "{ts}");
+    let len = ts["calls"][2]["structured"]["body"].as_str().unwrap().len();
+    assert!((1_000_000..1 << 20).contains(&len), "{len}");
+    assert!(!ts.to_string().contains(REAL));
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -628,3 +628,88 @@ fn a_sealed_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn kz_run_logs_in_with_a_jwt_and_reads_inside_a_namespace() {
+    let bao = Bao::seeded();
+    let sb = Sandbox::new();
+    let ok = Command::new(python())
+        .arg(crate::util::fixture("jwt_tool.py"))
+        .arg("keys")
+        .arg(sb.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let policy = bao_policy_file("path \"secret/*\" { capabilities = [\"read\"] }\n");
+    bao.cli(&["policy", "write", "reader", policy.to_str().unwrap()]);
+    bao.cli(&["auth", "enable", "jwt"]);
+    let public = sb.path().join("rsa_pub.pem");
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", public.display()),
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/agent",
+        "role_type=jwt",
+        "bound_audiences=openbao",
+        "user_claim=sub",
+        "token_policies=reader",
+    ]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let out = Command::new(python())
+        .arg(crate::util::fixture("jwt_tool.py"))
+        .args([
+            "sign",
+            sb.path().join("rsa_key.pem").to_str().unwrap(),
+            "RS256",
+            "-",
+            &json!({"sub": "agent-7", "aud": "openbao", "exp": exp, "iat": exp - 610, "nbf": exp - 610}).to_string(),
+        ])
+        .output()
+        .unwrap();
+    sb.write("agent.jwt", String::from_utf8(out.stdout).unwrap().trim());
+    sb.config(&format!(
+        "[secrets]\nT = \"vault://secret/data/prod/other#k\"\n[providers.vault]\naddress = \"{}\"\nauth = {{ method = \"jwt\", role = \"agent\", jwt_file = \"agent.jwt\" }}\n",
+        bao.addr()
+    ));
+    let (code, out, err) = run(sb
+        .kz()
+        .args(["run", "--no-mask", "--", "sh", "-c", "echo $T"]));
+    assert_eq!((code, out.trim()), (0, "other-value-77"), "{err}");
+
+    // A namespace of its own, with its own KV mount: kz sends X-Vault-Namespace.
+    bao.cli(&["namespace", "create", "team-a"]);
+    bao.cli(&[
+        "secrets",
+        "enable",
+        "-namespace=team-a",
+        "-path=secret",
+        "kv-v2",
+    ]);
+    bao.cli(&[
+        "kv",
+        "put",
+        "-namespace=team-a",
+        "secret/app",
+        "k=namespaced-value",
+    ]);
+    sb.config(&format!(
+        "[secrets]\nN = \"vault://secret/data/app#k\"\n[providers.vault]\naddress = \"{}\"\nnamespace = \"team-a\"\n",
+        bao.addr()
+    ));
+    let (code, out, err) = run(sb.kz().env("VAULT_TOKEN", "root").args([
+        "run",
+        "--no-mask",
+        "--",
+        "sh",
+        "-c",
+        "echo $N",
+    ]));
+    assert_eq!((code, out.trim()), (0, "namespaced-value"), "{err}");
+}
