@@ -713,3 +713,85 @@ fn kz_run_logs_in_with_a_jwt_and_reads_inside_a_namespace() {
     ]));
     assert_eq!((code, out.trim()), (0, "namespaced-value"), "{err}");
 }
+
+#[test]
+fn kz_run_logs_in_with_kubernetes_auth_through_a_token_review() {
+    // OpenBao's kubernetes auth method asks the cluster's TokenReview API; with no cluster here,
+    // tests/fixtures/tokenreview.py answers as the API server would.
+    let bao = Bao::seeded();
+    let sb = Sandbox::new();
+    let sa_token =
+        service_account_jwt("agents", "pipeline", "5d1f0c1e-0000-4000-8000-000000000001");
+    let review = crate::util::start_script(
+        "tokenreview.py",
+        &[
+            std::path::Path::new(&sa_token),
+            std::path::Path::new("agents"),
+            std::path::Path::new("pipeline"),
+            std::path::Path::new("5d1f0c1e-0000-4000-8000-000000000001"),
+        ],
+    );
+    let policy = bao_policy_file("path \"secret/*\" { capabilities = [\"read\"] }\n");
+    bao.cli(&["policy", "write", "reader", policy.to_str().unwrap()]);
+    bao.cli(&["auth", "enable", "kubernetes"]);
+    bao.cli(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host={}", review.url()),
+        "token_reviewer_jwt=reviewer-token",
+        "disable_local_ca_jwt=true",
+        // Required with disable_local_ca_jwt; unused over the stand-in's plain HTTP.
+        &format!(
+            "kubernetes_ca_cert=@{}",
+            crate::util::fixture("tls/ca.pem").display()
+        ),
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/kubernetes/role/keyzero",
+        "bound_service_account_names=pipeline",
+        "bound_service_account_namespaces=agents",
+        "token_policies=reader",
+    ]);
+    let jwt_file = sb.write("sa-token", &sa_token);
+    sb.config(&format!(
+        "[secrets]\nT = \"vault://secret/data/prod/other#k\"\n[providers.vault]\naddress = \"{}\"\nauth = {{ method = \"kubernetes\", role = \"keyzero\", jwt_file = {:?} }}\n",
+        bao.addr(),
+        jwt_file.to_str().unwrap()
+    ));
+    let (code, out, err) = run(sb
+        .kz()
+        .args(["run", "--no-mask", "--", "sh", "-c", "echo $T"]));
+    assert_eq!((code, out.trim()), (0, "other-value-77"), "{err}");
+    // A token the review does not authenticate is refused by OpenBao, and kz says so.
+    let other = service_account_jwt("agents", "pipeline", "5d1f0c1e-0000-4000-8000-000000000002");
+    std::fs::write(&jwt_file, other).unwrap();
+    let (code, _, err) = run(sb.kz().args(["run", "--", "true"]));
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("login at auth/kubernetes/login failed"),
+        "{err}"
+    );
+}
+
+/// A service-account token's shape (its signature is checked by the TokenReview, not here).
+fn service_account_jwt(namespace: &str, name: &str, uid: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{}.{}.{}",
+        b64(json!({"alg": "RS256", "kid": "k"})),
+        b64(json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "aud": ["https://kubernetes.default.svc"],
+            "iat": now, "nbf": now, "exp": now + 600,
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}}
+        })),
+        "c2lnbmF0dXJl"
+    )
+}
