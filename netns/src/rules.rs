@@ -35,7 +35,13 @@ fn set<T: std::fmt::Display>(items: &[T]) -> String {
 /// twice replaces kz's table with an identical one in one transaction.
 pub fn nft_ruleset(spec: &RuleSpec) -> String {
     let mut nat = Vec::new();
-    let mut filter = Vec::new();
+    // Replies of accepted connections (inbound ones included: a Service, a kubelet probe) and
+    // the ICMP errors that belong to them pass first; so does IPv6 neighbour discovery, without
+    // which no IPv6 packet leaves. Only new outbound connections meet the rules below.
+    let mut filter = vec![
+        "ct state established,related accept".to_string(),
+        "meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".to_string(),
+    ];
     if !spec.exclude_uids.is_empty() {
         nat.push(format!("meta skuid {} return", set(&spec.exclude_uids)));
         filter.push(format!("meta skuid {} accept", set(&spec.exclude_uids)));
@@ -99,6 +105,18 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
     out.push_str(
         "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
     );
+    out.push_str("-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    if v6 {
+        for t in [
+            "router-solicitation",
+            "neighbour-solicitation",
+            "neighbour-advertisement",
+        ] {
+            out.push_str(&format!(
+                "-A OUTPUT -p ipv6-icmp --icmpv6-type {t} -j ACCEPT\n"
+            ));
+        }
+    }
     for uid in &spec.exclude_uids {
         out.push_str(&format!("-A OUTPUT -m owner --uid-owner {uid} -j ACCEPT\n"));
     }

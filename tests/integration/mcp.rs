@@ -272,7 +272,10 @@ fn streamable_http_with_bearer_identities() {
     let (ok, out, err) = call("pipeline");
     assert!(ok, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["protocol"], "2025-11-25", "the Python SDK negotiates the current revision");
+    assert_eq!(
+        v["protocol"], "2025-11-25",
+        "the Python SDK negotiates the current revision"
+    );
     assert_eq!(
         v["calls"][0]["structured"]["secrets"]
             .as_array()

@@ -237,3 +237,62 @@ cat received.log
         "{out}"
     );
 }
+
+/// A pod with a real interface: the "node" is a fresh network namespace, the pod another one
+/// joined to it by a veth pair (documentation addresses, nothing routed anywhere). With kz's
+/// rules in the pod, an app listening on its pod IP still answers the node: the replies of an
+/// inbound connection are not new outbound connections.
+fn inbound_through_veth(backend: &str) -> String {
+    let script = format!(
+        r#"set -e
+ip link set lo up
+unshare -n sleep 60 &
+POD=$!
+sleep 0.2
+ip link add veth-node type veth peer name veth-pod netns $POD
+ip addr add 192.0.2.1/24 dev veth-node
+ip link set veth-node up
+P="nsenter -t $POD -n"
+$P ip link set lo up
+$P ip addr add 192.0.2.2/24 dev veth-pod
+$P ip link set veth-pod up
+$P {kz} init-network --backend {backend} >/dev/null
+$P python3 -m http.server 8080 --bind 192.0.2.2 >/dev/null 2>&1 &
+APP=$!
+for i in $(seq 50); do curl -s -o /dev/null --max-time 1 http://192.0.2.2:8080/ && break; sleep 0.1; done
+ok=0
+for i in $(seq 40); do
+  code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://192.0.2.2:8080/ || true)
+  [ "$code" = 200 ] && ok=$((ok+1))
+done
+echo "inbound $ok/40"
+# A probe-like bare TCP connect from the node.
+python3 -c "import socket; s=socket.create_connection(('192.0.2.2', 8080), 2); print('probe connected')"
+kill $APP $POD 2>/dev/null || true
+"#,
+        kz = kz_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn inbound_connections_to_app_ports_are_answered_with_both_backends() {
+    if !privileged() {
+        return;
+    }
+    for backend in ["nft", "iptables"] {
+        let out = inbound_through_veth(backend);
+        assert!(out.contains("inbound 40/40"), "{backend}: {out}");
+        assert!(out.contains("probe connected"), "{backend}: {out}");
+    }
+}
