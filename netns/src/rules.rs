@@ -73,39 +73,49 @@ pub fn nft_ruleset(spec: &RuleSpec) -> String {
     )
 }
 
-/// `iptables-restore` (or with `v6`, `ip6tables-restore`) input. A restore replaces the `nat`
-/// and `filter` tables whole, so applying it twice leaves the same state.
-pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
+/// The chain kz owns in the `nat` and `filter` tables (iptables backend), jumped to from
+/// `OUTPUT`; rules of other owners in those tables are left as they are.
+pub const IPT_CHAIN: &str = "KEYZERO_OUTPUT";
+
+/// `iptables-restore --noflush` (or with `v6`, `ip6tables-restore --noflush`) input: kz's chain
+/// in `nat` and in `filter`, created or emptied and filled, so applying it twice leaves the same
+/// state; `jump_nat` / `jump_filter` add the jump from `OUTPUT` (only when it is missing, which
+/// the caller checks: restore input cannot say "if absent").
+pub fn iptables_restore(spec: &RuleSpec, v6: bool, jump_nat: bool, jump_filter: bool) -> String {
     let lo = if v6 { "::1/128" } else { "127.0.0.0/8" };
     let udp_reject = if v6 {
         "icmp6-port-unreachable"
     } else {
         "icmp-port-unreachable"
     };
-    let mut out = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    let c = IPT_CHAIN;
+    let mut out = format!("*nat\n:{c} - [0:0]\n");
     for uid in &spec.exclude_uids {
-        out.push_str(&format!("-A OUTPUT -m owner --uid-owner {uid} -j RETURN\n"));
+        out.push_str(&format!("-A {c} -m owner --uid-owner {uid} -j RETURN\n"));
     }
-    out.push_str(&format!("-A OUTPUT -d {lo} -j RETURN\n"));
+    out.push_str(&format!("-A {c} -d {lo} -j RETURN\n"));
     for port in &spec.exclude_ports {
-        out.push_str(&format!("-A OUTPUT -p tcp --dport {port} -j RETURN\n"));
+        out.push_str(&format!("-A {c} -p tcp --dport {port} -j RETURN\n"));
     }
     out.push_str(&format!(
-        "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {}\n",
+        "-A {c} -p udp --dport 53 -j REDIRECT --to-ports {}\n",
         spec.dns_port
     ));
     out.push_str(&format!(
-        "-A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {}\n",
+        "-A {c} -p tcp --dport 53 -j REDIRECT --to-ports {}\n",
         spec.dns_port
     ));
     out.push_str(&format!(
-        "-A OUTPUT -p tcp -j REDIRECT --to-ports {}\n",
+        "-A {c} -p tcp -j REDIRECT --to-ports {}\n",
         spec.proxy_port
     ));
-    out.push_str(
-        "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
-    );
-    out.push_str("-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    if jump_nat {
+        out.push_str(&format!("-I OUTPUT 1 -j {c}\n"));
+    }
+    out.push_str(&format!("COMMIT\n*filter\n:{c} - [0:0]\n"));
+    out.push_str(&format!(
+        "-A {c} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n"
+    ));
     if v6 {
         for t in [
             "router-solicitation",
@@ -113,22 +123,28 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
             "neighbour-advertisement",
         ] {
             out.push_str(&format!(
-                "-A OUTPUT -p ipv6-icmp --icmpv6-type {t} -j ACCEPT\n"
+                "-A {c} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT\n"
             ));
         }
     }
     for uid in &spec.exclude_uids {
-        out.push_str(&format!("-A OUTPUT -m owner --uid-owner {uid} -j ACCEPT\n"));
+        out.push_str(&format!("-A {c} -m owner --uid-owner {uid} -j ACCEPT\n"));
     }
-    out.push_str(&format!("-A OUTPUT -d {lo} -j ACCEPT\n"));
+    out.push_str(&format!("-A {c} -d {lo} -j ACCEPT\n"));
     for port in &spec.exclude_ports {
-        out.push_str(&format!("-A OUTPUT -p tcp --dport {port} -j ACCEPT\n"));
+        out.push_str(&format!("-A {c} -p tcp --dport {port} -j ACCEPT\n"));
     }
-    out.push_str("-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset\n");
     out.push_str(&format!(
-        "-A OUTPUT -p udp -j REJECT --reject-with {udp_reject}\n"
+        "-A {c} -p tcp -j REJECT --reject-with tcp-reset\n"
     ));
-    out.push_str("-A OUTPUT -j REJECT\nCOMMIT\n");
+    out.push_str(&format!(
+        "-A {c} -p udp -j REJECT --reject-with {udp_reject}\n"
+    ));
+    out.push_str(&format!("-A {c} -j REJECT\n"));
+    if jump_filter {
+        out.push_str(&format!("-I OUTPUT 1 -j {c}\n"));
+    }
+    out.push_str("COMMIT\n");
     out
 }
 
@@ -147,7 +163,15 @@ pub fn detect(path: &str) -> Option<Backend> {
     let has = |bin: &str| find_tool(path, bin).is_some();
     if has("nft") {
         Some(Backend::Nft)
-    } else if has("iptables-restore") && has("ip6tables-restore") {
+    } else if [
+        "iptables",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-restore",
+    ]
+    .iter()
+    .all(|b| has(b))
+    {
         Some(Backend::Iptables)
     } else {
         None
@@ -199,9 +223,15 @@ mod tests {
     fn golden_rulesets() {
         golden("isolate.nft", &nft_ruleset(&isolate()));
         golden("pod.nft", &nft_ruleset(&pod()));
-        golden("isolate.iptables", &iptables_restore(&isolate(), false));
-        golden("isolate.ip6tables", &iptables_restore(&isolate(), true));
-        golden("pod.iptables", &iptables_restore(&pod(), false));
+        golden(
+            "isolate.iptables",
+            &iptables_restore(&isolate(), false, true, true),
+        );
+        golden(
+            "isolate.ip6tables",
+            &iptables_restore(&isolate(), true, true, true),
+        );
+        golden("pod.iptables", &iptables_restore(&pod(), false, true, true));
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub fn apply_rules(spec: &RuleSpec, backend: Backend) -> Result<(), NetnsError> 
             .args(if cmd == "nft" {
                 &["-f", "-"][..]
             } else {
-                &[][..]
+                // Only kz's own chains are replaced; other owners' rules stay.
+                &["--noflush"][..]
             })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -176,10 +177,42 @@ pub fn apply_rules(spec: &RuleSpec, backend: Backend) -> Result<(), NetnsError> 
         }
         Ok(())
     };
+    // Whether `OUTPUT` of `table` already jumps to kz's chain (a second run adds no second jump).
+    let jumps = |bin: &str, table: &str| -> bool {
+        crate::rules::find_tool(&path, bin).is_some_and(|tool| {
+            Command::new(tool)
+                .args([
+                    "-w",
+                    "-t",
+                    table,
+                    "-C",
+                    "OUTPUT",
+                    "-j",
+                    crate::rules::IPT_CHAIN,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    };
     let result = match backend {
         Backend::Nft => run("nft", nft_ruleset(spec)),
-        Backend::Iptables => run("iptables-restore", iptables_restore(spec, false))
-            .and_then(|_| run("ip6tables-restore", iptables_restore(spec, true))),
+        Backend::Iptables => {
+            let v4 = iptables_restore(
+                spec,
+                false,
+                !jumps("iptables", "nat"),
+                !jumps("iptables", "filter"),
+            );
+            let v6 = iptables_restore(
+                spec,
+                true,
+                !jumps("ip6tables", "nat"),
+                !jumps("ip6tables", "filter"),
+            );
+            run("iptables-restore", v4).and_then(|_| run("ip6tables-restore", v6))
+        }
     };
     let _ = caps::clear(None, CapSet::Ambient);
     result

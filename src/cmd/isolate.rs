@@ -223,7 +223,7 @@ pub async fn run(
             Some(Backend::Iptables) => false,
             None => return Err(Failure::new(
                 EXIT_KZ,
-                "isolation: needs nft (nftables) or iptables-restore and ip6tables-restore on PATH",
+                "isolation: needs nft (nftables) or iptables, iptables-restore, ip6tables and ip6tables-restore on PATH",
             )),
         };
     let dir = session.dir().to_path_buf();

@@ -129,7 +129,7 @@ fn init_network(a: crate::cli::InitNetworkArgs) -> Outcome {
                 None if a.dry_run => Backend::Nft,
                 None => return Err(Failure::new(
                     1,
-                    "init-network: needs nft (nftables) or iptables-restore and ip6tables-restore",
+                    "init-network: needs nft (nftables) or iptables, iptables-restore, ip6tables and ip6tables-restore",
                 )),
             },
         };
@@ -137,9 +137,9 @@ fn init_network(a: crate::cli::InitNetworkArgs) -> Outcome {
         match backend {
             Backend::Nft => print!("# nft -f -\n{}", nft_ruleset(&spec)),
             Backend::Iptables => print!(
-                "# iptables-restore\n{}# ip6tables-restore\n{}",
-                iptables_restore(&spec, false),
-                iptables_restore(&spec, true)
+                "# iptables-restore --noflush (jumps from OUTPUT added when missing)\n{}# ip6tables-restore --noflush\n{}",
+                iptables_restore(&spec, false, true, true),
+                iptables_restore(&spec, true, true, true)
             ),
         }
         return Ok(0);

@@ -109,13 +109,14 @@ fn dry_run_prints_and_changes_nothing() {
         "{text}"
     );
     assert!(
-        text.contains("-A OUTPUT -m owner --uid-owner 17337 -j RETURN"),
+        text.contains("-A KEYZERO_OUTPUT -m owner --uid-owner 17337 -j RETURN"),
         "{text}"
     );
     assert!(
-        text.contains("-A OUTPUT -p tcp --dport 15020 -j RETURN"),
+        text.contains("-A KEYZERO_OUTPUT -p tcp --dport 15020 -j RETURN"),
         "{text}"
     );
+    assert!(text.contains("-I OUTPUT 1 -j KEYZERO_OUTPUT"), "{text}");
     assert!(text.contains("icmp6-port-unreachable"), "{text}");
 }
 
@@ -295,4 +296,36 @@ fn inbound_connections_to_app_ports_are_answered_with_both_backends() {
         assert!(out.contains("inbound 40/40"), "{backend}: {out}");
         assert!(out.contains("probe connected"), "{backend}: {out}");
     }
+}
+
+#[test]
+fn rules_of_other_owners_survive_with_both_backends() {
+    if !privileged() {
+        return;
+    }
+    let norm = "sed -e 's/\\[[0-9]*:[0-9]*\\]//' -e '/^#/d'";
+    let out = in_pod(&format!(
+        "iptables -t nat -A POSTROUTING -s 10.99.0.0/16 -j MASQUERADE; iptables -A INPUT -p tcp --dport 9 -j DROP; \
+         ip6tables -A INPUT -p tcp --dport 9 -j DROP; \
+         $KZ init-network --backend iptables 2>/dev/null; $KZ init-network --backend iptables 2>/dev/null; \
+         iptables-save | {norm}; ip6tables-save | {norm}"
+    ));
+    assert!(
+        out.contains("-A POSTROUTING -s 10.99.0.0/16 -j MASQUERADE"),
+        "{out}"
+    );
+    assert_eq!(out.matches("--dport 9 -j DROP").count(), 2, "{out}");
+    // One jump per table and family, however often the rules are applied.
+    assert_eq!(
+        out.matches("-A OUTPUT -j KEYZERO_OUTPUT").count(),
+        4,
+        "{out}"
+    );
+    let out = in_pod(
+        "nft -f - <<'EOF'\ntable inet other {\n  chain out {\n    type filter hook output priority 10; policy accept;\n    tcp dport 9 drop\n  }\n}\nEOF\n\
+         $KZ init-network --backend nft 2>/dev/null; $KZ init-network --backend nft 2>/dev/null; nft list ruleset",
+    );
+    assert!(out.contains("table inet other"), "{out}");
+    assert!(out.contains("tcp dport 9 drop"), "{out}");
+    assert_eq!(out.matches("table inet keyzero").count(), 1, "{out}");
 }
