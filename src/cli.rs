@@ -206,6 +206,9 @@ pub struct InitNetworkArgs {
     /// Outbound TCP destination ports left alone (repeatable)
     #[arg(long = "exclude-port", value_name = "PORT")]
     pub exclude_ports: Vec<u16>,
+    /// Destination networks left alone, any protocol: 10.96.0.0/12, fd00::/8 (repeatable)
+    #[arg(long = "exclude-cidr", value_name = "CIDR")]
+    pub exclude_cidrs: Vec<kz_netns::rules::Cidr>,
     /// nft, iptables, or auto (nft when present)
     #[arg(long, default_value = "auto", value_parser = ["auto", "nft", "iptables"])]
     pub backend: String,

@@ -14,6 +14,50 @@ pub struct RuleSpec {
     pub exclude_uids: Vec<u32>,
     /// Outbound TCP destination ports that are neither redirected nor rejected.
     pub exclude_ports: Vec<u16>,
+    /// Destination networks (any protocol) that are neither redirected nor rejected.
+    pub exclude_cidrs: Vec<Cidr>,
+}
+
+/// A network such as `10.0.0.0/8` or `fd00::/8`, checked: the address has no bits past the
+/// prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not a network such as 10.0.0.0/8 or fd00::/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?
+        };
+        let bits: u128 = match addr {
+            std::net::IpAddr::V4(v) => u32::from(v) as u128,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        };
+        let host_bits = (max - prefix) as u32;
+        if host_bits > 0 && bits & ((1u128 << host_bits) - 1) != 0 {
+            return Err(format!("{s:?} has address bits past its prefix"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Which tool applies the rules.
@@ -48,6 +92,15 @@ pub fn nft_ruleset(spec: &RuleSpec) -> String {
     }
     nat.push("ip daddr 127.0.0.0/8 return".to_string());
     nat.push("ip6 daddr ::1 return".to_string());
+    let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) =
+        spec.exclude_cidrs.iter().partition(|c| c.addr.is_ipv4());
+    for (family, nets) in [("ip", &v4), ("ip6", &v6)] {
+        if !nets.is_empty() {
+            let list = set(nets);
+            nat.push(format!("{family} daddr {list} return"));
+            filter.push(format!("{family} daddr {list} accept"));
+        }
+    }
     if !spec.exclude_ports.is_empty() {
         nat.push(format!("tcp dport {} return", set(&spec.exclude_ports)));
         filter.push(format!("tcp dport {} accept", set(&spec.exclude_ports)));
@@ -94,6 +147,14 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool, jump_nat: bool, jump_filter: 
         out.push_str(&format!("-A {c} -m owner --uid-owner {uid} -j RETURN\n"));
     }
     out.push_str(&format!("-A {c} -d {lo} -j RETURN\n"));
+    let nets: Vec<&Cidr> = spec
+        .exclude_cidrs
+        .iter()
+        .filter(|n| n.addr.is_ipv6() == v6)
+        .collect();
+    for n in &nets {
+        out.push_str(&format!("-A {c} -d {n} -j RETURN\n"));
+    }
     for port in &spec.exclude_ports {
         out.push_str(&format!("-A {c} -p tcp --dport {port} -j RETURN\n"));
     }
@@ -131,6 +192,9 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool, jump_nat: bool, jump_filter: 
         out.push_str(&format!("-A {c} -m owner --uid-owner {uid} -j ACCEPT\n"));
     }
     out.push_str(&format!("-A {c} -d {lo} -j ACCEPT\n"));
+    for n in &nets {
+        out.push_str(&format!("-A {c} -d {n} -j ACCEPT\n"));
+    }
     for port in &spec.exclude_ports {
         out.push_str(&format!("-A {c} -p tcp --dport {port} -j ACCEPT\n"));
     }
@@ -207,6 +271,7 @@ mod tests {
             dns_port: 15053,
             exclude_uids: vec![],
             exclude_ports: vec![],
+            exclude_cidrs: vec![],
         }
     }
 
@@ -216,6 +281,7 @@ mod tests {
             dns_port: 15053,
             exclude_uids: vec![17337, 1001],
             exclude_ports: vec![15020],
+            exclude_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
         }
     }
 
@@ -241,6 +307,28 @@ mod tests {
         let redirect = r.find("meta l4proto tcp redirect").unwrap();
         assert!(lo < redirect);
         assert!(r.starts_with("table inet keyzero\ndelete table inet keyzero\n"));
+    }
+
+    #[test]
+    fn networks_are_checked() {
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "192.0.2.7".parse::<Cidr>().unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!("2001:db8::/32".parse::<Cidr>().unwrap().prefix, 32);
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "example.com/8",
+            "10.0.0.0/x",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
     }
 
     #[test]

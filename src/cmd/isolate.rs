@@ -68,6 +68,7 @@ pub fn helper() -> Outcome {
             dns_port: DNS_PORT,
             exclude_uids: vec![],
             exclude_ports: vec![],
+            exclude_cidrs: vec![],
         };
         sandbox::apply_rules(
             &rules,

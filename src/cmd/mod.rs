@@ -118,6 +118,7 @@ fn init_network(a: crate::cli::InitNetworkArgs) -> Outcome {
         dns_port: a.dns_port,
         exclude_uids: uids,
         exclude_ports: a.exclude_ports,
+        exclude_cidrs: a.exclude_cidrs,
     };
     let path = std::env::var("PATH").unwrap_or_default();
     let backend =

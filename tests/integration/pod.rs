@@ -252,12 +252,17 @@ POD=$!
 sleep 0.2
 ip link add veth-node type veth peer name veth-pod netns $POD
 ip addr add 192.0.2.1/24 dev veth-node
+ip addr add 192.0.2.3/24 dev veth-node
 ip link set veth-node up
+python3 -m http.server 8081 --bind 192.0.2.1 >/dev/null 2>&1 &
+NODE1=$!
+python3 -m http.server 8081 --bind 192.0.2.3 >/dev/null 2>&1 &
+NODE3=$!
 P="nsenter -t $POD -n"
 $P ip link set lo up
 $P ip addr add 192.0.2.2/24 dev veth-pod
 $P ip link set veth-pod up
-$P {kz} init-network --backend {backend} >/dev/null
+$P {kz} init-network --backend {backend} --exclude-cidr 192.0.2.1/32 >/dev/null 2>&1
 $P python3 -m http.server 8080 --bind 192.0.2.2 >/dev/null 2>&1 &
 APP=$!
 for i in $(seq 50); do curl -s -o /dev/null --max-time 1 http://192.0.2.2:8080/ && break; sleep 0.1; done
@@ -269,7 +274,11 @@ done
 echo "inbound $ok/40"
 # A probe-like bare TCP connect from the node.
 python3 -c "import socket; s=socket.create_connection(('192.0.2.2', 8080), 2); print('probe connected')"
-kill $APP $POD 2>/dev/null || true
+# Outbound from the pod: an excluded network is reached directly, any other is redirected to
+# kz's port (where nothing listens in this test, so it fails).
+echo "outbound-excluded $($P curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://192.0.2.1:8081/ || true)"
+echo "outbound-other $($P curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://192.0.2.3:8081/ || true)"
+kill $APP $POD $NODE1 $NODE3 2>/dev/null || true
 "#,
         kz = kz_bin().display()
     );
@@ -287,7 +296,7 @@ kill $APP $POD 2>/dev/null || true
 }
 
 #[test]
-fn inbound_connections_to_app_ports_are_answered_with_both_backends() {
+fn inbound_connections_are_answered_and_excluded_networks_go_direct_with_both_backends() {
     if !privileged() {
         return;
     }
@@ -295,6 +304,8 @@ fn inbound_connections_to_app_ports_are_answered_with_both_backends() {
         let out = inbound_through_veth(backend);
         assert!(out.contains("inbound 40/40"), "{backend}: {out}");
         assert!(out.contains("probe connected"), "{backend}: {out}");
+        assert!(out.contains("outbound-excluded 200"), "{backend}: {out}");
+        assert!(out.contains("outbound-other 000"), "{backend}: {out}");
     }
 }
 
