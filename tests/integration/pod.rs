@@ -262,9 +262,13 @@ P="nsenter -t $POD -n"
 $P ip link set lo up
 $P ip addr add 192.0.2.2/24 dev veth-pod
 $P ip link set veth-pod up
+ip addr add 2001:db8::1/64 dev veth-node nodad
+$P ip addr add 2001:db8::2/64 dev veth-pod nodad
 $P {kz} init-network --backend {backend} --exclude-cidr 192.0.2.1/32 >/dev/null 2>&1
 $P python3 -m http.server 8080 --bind 192.0.2.2 >/dev/null 2>&1 &
 APP=$!
+$P python3 -m http.server 8080 --bind 2001:db8::2 >/dev/null 2>&1 &
+APP6=$!
 for i in $(seq 50); do curl -s -o /dev/null --max-time 1 http://192.0.2.2:8080/ && break; sleep 0.1; done
 ok=0
 for i in $(seq 40); do
@@ -272,13 +276,15 @@ for i in $(seq 40); do
   [ "$code" = 200 ] && ok=$((ok+1))
 done
 echo "inbound $ok/40"
+# IPv6: neighbour discovery leaves the pod, so the node finds it and gets its answer.
+echo "inbound-v6 $(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 'http://[2001:db8::2]:8080/' || true)"
 # A probe-like bare TCP connect from the node.
 python3 -c "import socket; s=socket.create_connection(('192.0.2.2', 8080), 2); print('probe connected')"
 # Outbound from the pod: an excluded network is reached directly, any other is redirected to
 # kz's port (where nothing listens in this test, so it fails).
 echo "outbound-excluded $($P curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://192.0.2.1:8081/ || true)"
 echo "outbound-other $($P curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://192.0.2.3:8081/ || true)"
-kill $APP $POD $NODE1 $NODE3 2>/dev/null || true
+kill $APP $APP6 $POD $NODE1 $NODE3 2>/dev/null || true
 "#,
         kz = kz_bin().display()
     );
@@ -304,6 +310,7 @@ fn inbound_connections_are_answered_and_excluded_networks_go_direct_with_both_ba
         let out = inbound_through_veth(backend);
         assert!(out.contains("inbound 40/40"), "{backend}: {out}");
         assert!(out.contains("probe connected"), "{backend}: {out}");
+        assert!(out.contains("inbound-v6 200"), "{backend}: {out}");
         assert!(out.contains("outbound-excluded 200"), "{backend}: {out}");
         assert!(out.contains("outbound-other 000"), "{backend}: {out}");
     }
