@@ -115,6 +115,7 @@ fn spec() -> RuleSpec {
         dns_port: 15053,
         exclude_uids: vec![],
         exclude_ports: vec![],
+        exclude_cidrs: vec![],
     }
 }
 
@@ -134,12 +135,13 @@ fn iptables_rules_redirect_and_reject() {
     if !prerequisites() {
         return;
     }
-    let v4 = iptables_restore(&spec(), false);
-    let v6 = iptables_restore(&spec(), true);
+    // A fresh namespace: kz's chains are new, so both jumps are added.
+    let v4 = iptables_restore(&spec(), false, true, true);
+    let v6 = iptables_restore(&spec(), true, true, true);
     let dir = tempfile_dir();
     std::fs::write(dir.join("v6"), &v6).unwrap();
     let cmd = format!(
-        "ip6tables-restore {} && iptables-restore",
+        "ip6tables-restore --noflush {} && iptables-restore --noflush",
         dir.join("v6").display()
     );
     check(&in_namespace(&cmd, &v4, PROBE));
