@@ -3,7 +3,8 @@
 //! `kz init-network` init container, the `kz sidecar` native sidecar (an init container with
 //! `restartPolicy: Always`), the shared volume and, for the secrets named in
 //! `keyzero.dev/secrets`, one token per secret in the agent containers' environment and the
-//! same token in the sidecar's. Pods that would defeat the rules are refused; pods already
+//! same token in the sidecar's; agent containers lose the capabilities that could undo the
+//! rules or reach kz's uid. Pods that would defeat the rules are refused; pods already
 //! injected get no patch. Pure: JSON in, JSON out.
 
 use serde_json::{json, Value};
@@ -67,6 +68,20 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let spec_flag =
+        |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_bool) == Some(true);
+    if spec_flag("hostNetwork") {
+        return Verdict::Refuse(
+            "the pod uses the node's network (hostNetwork): kz's rules would land on the node"
+                .into(),
+        );
+    }
+    if spec_flag("shareProcessNamespace") {
+        return Verdict::Refuse(
+            "the pod shares one process namespace (shareProcessNamespace): an agent could read the sidecar's memory"
+                .into(),
+        );
+    }
     let pod_uid = pod
         .pointer("/spec/securityContext/runAsUser")
         .and_then(Value::as_i64);
@@ -86,12 +101,15 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        if caps
-            .iter()
-            .any(|x| matches!(x.as_str(), Some("NET_ADMIN" | "CAP_NET_ADMIN" | "ALL")))
-        {
+        if let Some(cap) = caps.iter().filter_map(Value::as_str).find(|x| {
+            let x = x.trim_start_matches("CAP_");
+            matches!(
+                x,
+                "NET_ADMIN" | "ALL" | "SETUID" | "SETGID" | "SYS_ADMIN" | "SYS_PTRACE"
+            )
+        }) {
             return Verdict::Refuse(format!(
-                "container {name} adds NET_ADMIN, which could undo kz's rules"
+                "container {name} adds {cap}, with which it could undo kz's rules, become kz's uid or read kz's memory"
             ));
         }
         if c.pointer("/securityContext/privileged")
@@ -120,7 +138,8 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
         "args": ["init-network", "--kz-uid", KZ_UID.to_string()],
         "securityContext": {
             "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
         }
     });
     let mut sidecar_env: Vec<Value> = tokens
@@ -142,7 +161,8 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
         "securityContext": {
             "runAsUser": KZ_UID, "runAsGroup": KZ_UID, "runAsNonRoot": true,
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]}
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
         }
     });
     let mut ops = Vec::new();
@@ -176,6 +196,29 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
             ops.push(
                 json!({"op": "add", "path": format!("{base}/volumeMounts/-"), "value": mount}),
             );
+        }
+        // An agent that is root (or may become it) could switch to kz's uid and go direct:
+        // these capabilities go, whatever the image does.
+        let drop = ["SETUID", "SETGID", "NET_ADMIN", "NET_RAW"];
+        match (
+            c.get("securityContext"),
+            c.pointer("/securityContext/capabilities"),
+            c.pointer("/securityContext/capabilities/drop"),
+        ) {
+            (None, _, _) => ops.push(json!({"op": "add", "path": format!("{base}/securityContext"), "value": {"capabilities": {"drop": drop}}})),
+            (Some(_), None, _) => ops.push(json!({"op": "add", "path": format!("{base}/securityContext/capabilities"), "value": {"drop": drop}})),
+            (_, Some(_), None) => ops.push(json!({"op": "add", "path": format!("{base}/securityContext/capabilities/drop"), "value": drop})),
+            (_, _, Some(have)) => {
+                let have: Vec<&str> = have
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !have.contains(&"ALL") {
+                    for d in drop.iter().filter(|d| !have.contains(d)) {
+                        ops.push(json!({"op": "add", "path": format!("{base}/securityContext/capabilities/drop/-"), "value": d}));
+                    }
+                }
+            }
         }
         let mut env: Vec<Value> = tokens
             .iter()

@@ -77,8 +77,15 @@ fn plain_pod_gets_rules_sidecar_volume_and_tokens() {
     assert_eq!(init[0]["name"], "keyzero-init");
     assert_eq!(
         init[0]["securityContext"]["capabilities"]["add"],
-        json!(["NET_ADMIN", "NET_RAW"])
+        json!(["NET_ADMIN"]),
+        "the rules need NET_ADMIN only"
     );
+    for c in &init[..2] {
+        assert_eq!(
+            c["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+    }
     assert_eq!(init[1]["name"], "keyzero-sidecar");
     assert_eq!(init[1]["restartPolicy"], "Always", "native sidecar");
     assert_eq!(init[1]["securityContext"]["runAsUser"], 17337);
@@ -113,6 +120,13 @@ fn plain_pod_gets_rules_sidecar_volume_and_tokens() {
             );
         }
         assert!(env.iter().any(|e| e["name"] == "SSL_CERT_FILE"));
+        // No agent can become kz's uid or touch the rules.
+        let drop = c["securityContext"]["capabilities"]["drop"]
+            .as_array()
+            .unwrap();
+        for cap in ["SETUID", "SETGID", "NET_ADMIN", "NET_RAW"] {
+            assert!(drop.iter().any(|d| d == cap), "{cap} not dropped: {c}");
+        }
     }
     assert_eq!(
         pod["spec"]["containers"][0]["env"][0]["name"], "MODE",
@@ -174,6 +188,58 @@ fn pods_that_would_defeat_the_rules_are_refused() {
             "{out}"
         );
     }
+    // The same opted-in pod, each with one thing that would let it escape.
+    let plain = fixture("plain.json");
+    let cases: [(&str, &str, Value); 6] = [
+        (
+            "/request/object/spec/hostNetwork",
+            "hostNetwork",
+            json!(true),
+        ),
+        (
+            "/request/object/spec/shareProcessNamespace",
+            "shareProcessNamespace",
+            json!(true),
+        ),
+        (
+            "/request/object/spec/containers/1/securityContext",
+            "SETUID",
+            json!({"capabilities": {"add": ["SETUID"]}}),
+        ),
+        (
+            "/request/object/spec/containers/1/securityContext",
+            "CAP_SYS_PTRACE",
+            json!({"capabilities": {"add": ["CAP_SYS_PTRACE"]}}),
+        ),
+        (
+            "/request/object/spec/containers/0/securityContext",
+            "privileged",
+            json!({"privileged": true}),
+        ),
+        (
+            "/request/object/spec/containers/0/securityContext",
+            "uid 17337",
+            json!({"runAsUser": 17337}),
+        ),
+    ];
+    for (path, why, value) in cases {
+        let mut r = plain.clone();
+        let (parent, key) = path.rsplit_once('/').unwrap();
+        r.pointer_mut(parent).unwrap()[key] = value;
+        let out = review(&r, &cfg());
+        assert_eq!(out["response"]["allowed"], false, "{path}: {out}");
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{why}: {msg}");
+    }
+    // A container that drops some capabilities already gets the rest added.
+    let mut r = plain.clone();
+    r["request"]["object"]["spec"]["containers"][1]["securityContext"] =
+        json!({"capabilities": {"drop": ["NET_RAW", "MKNOD"]}});
+    let (pod, _) = patched(&r);
+    assert_eq!(
+        pod["spec"]["containers"][1]["securityContext"]["capabilities"]["drop"],
+        json!(["NET_RAW", "MKNOD", "SETUID", "SETGID", "NET_ADMIN"])
+    );
     let out = review(&fixture("not-annotated.json"), &cfg());
     assert_eq!(out["response"]["allowed"], true);
     assert!(out["response"].get("patch").is_none());
