@@ -142,7 +142,15 @@ impl Drop for Pdp {
     }
 }
 
-fn pdp(vault_addr: &str, policies: &str, vault_extra: &str) -> Pdp {
+fn pdp(vault_addr: &str, vault_extra: &str) -> Pdp {
+    pdp_with(
+        &format!(r#"address: "{vault_addr}", auth: {{ method: token }}{vault_extra}"#),
+        &[("VAULT_TOKEN", "root")],
+    )
+}
+
+/// A policy server with `POLICIES` and `providers.vault` set to `{ vault }`; `env` goes to it.
+fn pdp_with(vault: &str, env: &[(&str, &str)]) -> Pdp {
     let sb = Sandbox::new();
     sb.write("server-own.txt", "server-file-contents-9");
     sb.write(
@@ -156,16 +164,16 @@ identity:
     algorithms: ["HS256"]
     secret_env: "KZ_JWT_SECRET"
 providers:
-  vault: {{ address: "{vault_addr}", auth: {{ method: token }}{vault_extra} }}
+  vault: {{ {vault} }}
 policies:
-{policies}
+{POLICIES}
 "#
         ),
     );
     let mut cmd = sb.kz();
     cmd.env("KZ_JWT_SECRET", JWT_SECRET)
-        .env("VAULT_TOKEN", "root")
         .env("SERVER_OWN_KEY", "server-env-secret-31")
+        .envs(env.iter().copied())
         .stdout(Stdio::null());
     let (child, port) = start_kz_server(cmd, &[]);
     Pdp {
@@ -173,6 +181,27 @@ policies:
         child,
         port,
     }
+}
+
+/// AppRole enabled with a role `kz` (`role_args` added) whose tokens may read `secret/*`
+/// (`policy_extra` appended to that policy); its role id and a fresh secret id.
+fn approle(bao: &Bao, policy_extra: &str, role_args: &[&str]) -> (String, String) {
+    bao.cli(&["auth", "enable", "approle"]);
+    let policy = bao_policy_file(&format!(
+        "path \"secret/*\" {{ capabilities = [\"read\"] }}\n{policy_extra}"
+    ));
+    bao.cli(&["policy", "write", "reader", policy.to_str().unwrap()]);
+    let mut args = vec!["write", "auth/approle/role/kz", "token_policies=reader"];
+    args.extend_from_slice(role_args);
+    bao.cli(&args);
+    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/kz/role-id"]);
+    let secret_id = bao.cli(&[
+        "write",
+        "-f",
+        "-field=secret_id",
+        "auth/approle/role/kz/secret-id",
+    ]);
+    (role_id.trim().to_string(), secret_id.trim().to_string())
 }
 
 impl Pdp {
@@ -242,7 +271,7 @@ const POLICIES: &str = r#"
 #[test]
 fn no_spelling_reaches_a_denied_secret() {
     let bao = Bao::seeded();
-    let pdp = pdp(&bao.addr(), POLICIES, "");
+    let pdp = pdp(&bao.addr(), "");
     // The deny holds for the secret, whatever its spelling; nothing is ever echoed.
     let spellings = [
         "secret/data/prod/github",
@@ -321,7 +350,7 @@ fn no_spelling_reaches_a_denied_secret() {
 #[test]
 fn raw_refs_are_served_from_providers_only_never_the_servers_own_env_or_files() {
     let bao = Bao::seeded();
-    let pdp = pdp(&bao.addr(), POLICIES, "");
+    let pdp = pdp(&bao.addr(), "");
     // No named secrets in this bundle: raw Vault refs are served from providers.vault.
     assert_eq!(
         pdp.value("greedy", "secret/data/prod/github#token")
@@ -363,7 +392,7 @@ fn raw_refs_are_served_from_providers_only_never_the_servers_own_env_or_files() 
 #[test]
 fn rotation_creation_and_recovery_are_seen_within_cache_ttl() {
     let bao = Bao::seeded();
-    let pdp = pdp(&bao.addr(), POLICIES, r#", cache_ttl: "1s""#);
+    let pdp = pdp(&bao.addr(), r#", cache_ttl: "1s""#);
     let read = |r: &str| pdp.value("reader", r);
     assert_eq!(read("secret/data/prod/other#k").unwrap(), "other-value-77");
     bao.cli(&["kv", "put", "secret/prod/other", "k=rotated-value-78"]);
@@ -395,63 +424,24 @@ fn rotation_creation_and_recovery_are_seen_within_cache_ttl() {
 }
 
 fn pdp_at(port: u16) -> Pdp {
-    pdp(
-        &format!("http://127.0.0.1:{port}"),
-        POLICIES,
-        r#", timeout: "2s""#,
-    )
+    pdp(&format!("http://127.0.0.1:{port}"), r#", timeout: "2s""#)
 }
 
 #[test]
 fn an_expired_approle_token_is_replaced_by_a_new_login() {
     let bao = Bao::seeded();
-    bao.cli(&["auth", "enable", "approle"]);
-    let policy = bao_policy_file("path \"secret/*\" { capabilities = [\"read\"] }\npath \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }\n");
-    bao.cli(&["policy", "write", "reader", policy.to_str().unwrap()]);
-    bao.cli(&[
-        "write",
-        "auth/approle/role/kz",
-        "token_policies=reader",
-        "token_ttl=2s",
-        "token_max_ttl=2s",
-    ]);
-    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/kz/role-id"]);
-    let secret_id = bao.cli(&[
-        "write",
-        "-f",
-        "-field=secret_id",
-        "auth/approle/role/kz/secret-id",
-    ]);
-    let sb = Sandbox::new();
-    sb.write(
-        "bundle.yaml",
-        &format!(
-            r#"
-identity:
-  issuers:
-  - issuer: "https://issuer.example"
-    audiences: ["keyzero"]
-    algorithms: ["HS256"]
-    secret_env: "KZ_JWT_SECRET"
-providers:
-  vault: {{ address: "{}", cache_ttl: "1s", auth: {{ method: approle, role_id: "{}", secret_id_env: "SID" }} }}
-policies:
-{POLICIES}
-"#,
-            bao.addr(),
-            role_id.trim()
-        ),
+    let (role_id, secret_id) = approle(
+        &bao,
+        "path \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }\n",
+        &["token_ttl=2s", "token_max_ttl=2s"],
     );
-    let mut cmd = sb.kz();
-    cmd.env("KZ_JWT_SECRET", JWT_SECRET)
-        .env("SID", secret_id.trim())
-        .stdout(Stdio::null());
-    let (child, port) = start_kz_server(cmd, &[]);
-    let pdp = Pdp {
-        _sb: sb,
-        child,
-        port,
-    };
+    let pdp = pdp_with(
+        &format!(
+            r#"address: "{}", cache_ttl: "1s", auth: {{ method: approle, role_id: "{role_id}", secret_id_env: "SID" }}"#,
+            bao.addr()
+        ),
+        &[("SID", &secret_id)],
+    );
     assert_eq!(
         pdp.value("reader", "secret/data/prod/other#k").unwrap(),
         "other-value-77"
@@ -532,24 +522,14 @@ address = "{}"
 #[test]
 fn kz_run_revokes_the_token_it_logged_in_for() {
     let bao = Bao::seeded();
-    bao.cli(&["auth", "enable", "approle"]);
-    let policy = bao_policy_file("path \"secret/*\" { capabilities = [\"read\"] }\n");
-    bao.cli(&["policy", "write", "reader", policy.to_str().unwrap()]);
-    bao.cli(&["write", "auth/approle/role/kz", "token_policies=reader"]);
-    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/kz/role-id"]);
-    let secret_id = bao.cli(&[
-        "write",
-        "-f",
-        "-field=secret_id",
-        "auth/approle/role/kz/secret-id",
-    ]);
+    let (role_id, secret_id) = approle(&bao, "", &[]);
     let accessors = || bao.cli(&["list", "-format=json", "auth/token/accessors"]);
     let before: Vec<Value> = serde_json::from_str(&accessors()).unwrap();
     let sb = Sandbox::new();
     sb.config(&format!(
         "[secrets]\nT = \"vault://secret/data/prod/other#k\"\n[providers.vault]\naddress = \"{}\"\nauth = {{ method = \"approle\", role_id = \"{}\" }}\n",
         bao.addr(),
-        role_id.trim()
+        role_id
     ));
     let (code, out, err) = run(sb.kz().env("VAULT_SECRET_ID", secret_id.trim()).args([
         "run",
@@ -584,7 +564,7 @@ fn a_batch_is_resolved_concurrently_in_request_order() {
     });
     let path = sb.write("vault.json", &cfg.to_string());
     let slow = crate::util::start_script("vault_server.py", &[&path]);
-    let pdp = pdp(&slow.url(), POLICIES, r#", kv_version: 2"#);
+    let pdp = pdp(&slow.url(), r#", kv_version: 2"#);
     let items: Vec<Value> = (0..8)
         .rev()
         .map(|i| json!({"provider": "vault", "ref": format!("secret/data/prod/s{i}#k")}))
