@@ -175,12 +175,18 @@ pub struct SidecarArgs {
     /// The transparent listener port (on 127.0.0.1 and ::1)
     #[arg(long, default_value_t = 15001)]
     pub proxy_port: u16,
-    /// The DNS port (UDP and TCP, on 127.0.0.1)
+    /// The DNS port (UDP and TCP, on 127.0.0.1 and ::1)
     #[arg(long, default_value_t = 15053)]
     pub dns_port: u16,
-    /// Where GET /ready answers once the proxy serves (for a startupProbe)
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
+    /// Where GET /ready answers once the proxy serves (for a startupProbe; [::] is IPv4 and IPv6)
+    #[arg(long, value_name = "ADDR", default_value = "[::]:15021")]
     pub ready_listen: String,
+    /// Team mode: resolve through this policy server (as [server] url in the config does)
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The identity token for --server, read for every request (a projected service-account token)
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub server_token_file: Option<std::path::PathBuf>,
     /// Shared volume for the agent containers: ca-bundle.pem, kz-ca.pem, tokens.env
     #[arg(long, value_name = "DIR", default_value = "/var/run/keyzero")]
     pub share_dir: std::path::PathBuf,
@@ -217,6 +223,21 @@ pub struct InitNetworkArgs {
     pub dry_run: bool,
 }
 
+/// A Kubernetes `resources` object: only `requests`, `limits` and `claims`.
+fn parse_resources(s: &str) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
+    let o = v
+        .as_object()
+        .ok_or("expected an object with requests and limits")?;
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "requests" | "limits" | "claims"))
+    {
+        return Err(format!("unknown key {k:?} (requests, limits)"));
+    }
+    Ok(v)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve /v1/resolve, /v1/decide, /healthz, /readyz and /metrics
@@ -245,6 +266,24 @@ pub enum ServerCommand {
         /// The ConfigMap with the sidecar's keyzero.toml, for injected pods
         #[arg(long, value_name = "NAME", default_value = "keyzero-agent")]
         inject_config_map: String,
+        /// Injected sidecars resolve through this policy server with a projected token of their own
+        #[arg(long, value_name = "URL", requires = "inject_image")]
+        inject_server: Option<String>,
+        /// The CA of --inject-server's certificate (read per pod; given to sidecars as KZ_SERVER_CA)
+        #[arg(long, value_name = "FILE", requires = "inject_server")]
+        inject_server_ca: Option<PathBuf>,
+        /// Audience of the sidecar's projected service-account token
+        #[arg(long, value_name = "AUD", default_value = "keyzero")]
+        inject_token_audience: String,
+        /// Lifetime of the sidecar's token in seconds (the kubelet renews it; at least 600)
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(600..=86400))]
+        inject_token_expiration: i64,
+        /// resources of the injected sidecar, as JSON ({"requests":{"cpu":"50m"}})
+        #[arg(long, value_name = "JSON", value_parser = parse_resources)]
+        inject_sidecar_resources: Option<serde_json::Value>,
+        /// resources of the injected init container, as JSON
+        #[arg(long, value_name = "JSON", value_parser = parse_resources)]
+        inject_init_resources: Option<serde_json::Value>,
     },
 }
 

@@ -52,6 +52,16 @@ pub fn system_roots() -> &'static [CertificateDer<'static>] {
     ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
+/// Every certificate in PEM text; `what` names its source in errors.
+pub fn parse_pem_certs(data: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &data[..]).collect();
+    let certs = certs.map_err(|e| format!("{what}: invalid pem: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no certificates found"));
+    }
+    Ok(certs)
+}
+
 /// Reads every certificate in a PEM file.
 pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = std::fs::read(path).map_err(|e| {
@@ -61,12 +71,7 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
             crate::config::io_reason(&e)
         )
     })?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| format!("{}: invalid pem: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificates found", path.display()));
-    }
-    Ok(certs)
+    parse_pem_certs(&data, &path.display().to_string())
 }
 
 pub fn tls_client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
@@ -87,7 +92,12 @@ impl HttpClient {
         for p in extra_ca {
             extra.extend(read_pem_certs(p)?);
         }
-        let tls = tls_client_config(&extra);
+        Ok(Self::with_certs(&extra))
+    }
+
+    /// A client trusting the system roots plus `extra` certificates.
+    pub fn with_certs(extra: &[CertificateDer<'static>]) -> Self {
+        let tls = tls_client_config(extra);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -98,9 +108,9 @@ impl HttpClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(HttpClient {
+        HttpClient {
             inner: Client::builder(TokioExecutor::new()).build(https),
-        })
+        }
     }
 
     pub async fn send(

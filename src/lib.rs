@@ -28,6 +28,7 @@ pub mod env;
 pub mod http;
 pub mod lru;
 pub mod mask;
+pub mod net;
 pub mod policy;
 pub mod provider;
 pub mod proxy;

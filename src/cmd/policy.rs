@@ -33,15 +33,45 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         allow_host,
         inject_image,
         inject_config_map,
+        inject_server,
+        inject_server_ca,
+        inject_token_audience,
+        inject_token_expiration,
+        inject_sidecar_resources,
+        inject_init_resources,
     } = cmd;
+    if let Some(u) = &inject_server {
+        if !u.starts_with("https://") && !u.starts_with("http://") {
+            return Err(Failure::new(
+                2,
+                format!("--inject-server {u}: expected an http(s) URL"),
+            ));
+        }
+    }
     let inject = inject_image.map(|image| crate::server::inject::InjectConfig {
         image,
         config_map: inject_config_map,
+        sidecar_resources: inject_sidecar_resources,
+        init_resources: inject_init_resources,
+        server: inject_server.map(|url| crate::server::inject::ServerIdentity {
+            url,
+            ca_file: inject_server_ca,
+            ca_pem: None,
+            audience: inject_token_audience,
+            expiration_seconds: inject_token_expiration,
+        }),
     });
 
-    let tls = match (tls_cert, tls_key) {
-        (Some(c), Some(k)) => Some(tls_config(&c, &k).map_err(|e| Failure::new(EXIT_FAIL, e))?),
+    let cert = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some(
+            crate::server::serving_cert::ServingCert::load(&c, &k)
+                .map_err(|e| Failure::new(EXIT_FAIL, e))?,
+        ),
         _ => None,
+    };
+    let tls = match &cert {
+        Some(c) => Some(c.server_config().map_err(|e| Failure::new(EXIT_FAIL, e))?),
+        None => None,
     };
     let rt = runtime()?;
     rt.block_on(async move {
@@ -55,9 +85,12 @@ pub fn server(cmd: ServerCommand) -> Outcome {
             hosts.extend(allow_host);
             server.enable_mcp(hosts);
         }
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let listener = crate::net::bind_dual(&listen)
             .await
             .map_err(|e| Failure::new(EXIT_FAIL, format!("--listen {listen}: {e}")))?;
+        if let Some(c) = &cert {
+            tokio::spawn(crate::server::serving_cert::ServingCert::watch(Arc::downgrade(c)));
+        }
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
@@ -78,27 +111,6 @@ pub fn server(cmd: ServerCommand) -> Outcome {
         let _ = serving.await;
         Ok(0)
     })
-}
-
-fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = crate::http::read_pem_certs(cert)?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("{}: {e}", key.display()))?
-        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("tls: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
 /// `kz mcp`: MCP over stdio for the identity in `$KZ_IDENTITY_TOKEN` (or a file).

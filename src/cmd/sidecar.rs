@@ -33,7 +33,20 @@ fn publish(path: &std::path::Path, text: &str) -> Result<(), Failure> {
 
 pub fn sidecar(a: SidecarArgs) -> Outcome {
     let env = process_env();
-    let cfg = load_config(a.config.config.as_deref(), &*env, EXIT_KZ)?;
+    let mut cfg = load_config(a.config.config.as_deref(), &*env, EXIT_KZ)?;
+    if let Some(url) = &a.server {
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            return Err(Failure::new(
+                EXIT_KZ,
+                format!("--server {url}: expected an http(s) URL"),
+            ));
+        }
+        cfg.server = Some(crate::config::ServerConfig {
+            url: url.clone(),
+            token_file: a.server_token_file.clone(),
+            token_env: None,
+        });
+    }
     let unbound: Vec<String> = cfg
         .secrets
         .iter()
@@ -118,7 +131,24 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
             proxy.clone(),
             names.clone(),
         )));
-        let ready = bind(a.ready_listen.clone()).await?;
+        // IPv6 DNS is redirected to ::1 (when the pod has IPv6 at all).
+        if let Ok(u6) = tokio::net::UdpSocket::bind(format!("[::1]:{}", a.dns_port)).await {
+            tasks.push(tokio::spawn(transparent::serve_dns(
+                u6,
+                proxy.clone(),
+                names.clone(),
+            )));
+        }
+        if let Ok(t6) = tokio::net::TcpListener::bind(format!("[::1]:{}", a.dns_port)).await {
+            tasks.push(tokio::spawn(transparent::serve_dns_tcp(
+                t6,
+                proxy.clone(),
+                names.clone(),
+            )));
+        }
+        let ready = crate::net::bind_dual(&a.ready_listen).await.map_err(|e| {
+            Failure::new(EXIT_KZ, format!("--ready-listen {}: {e}", a.ready_listen))
+        })?;
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = ready.accept().await else {

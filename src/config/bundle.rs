@@ -23,6 +23,10 @@ pub struct Issuer {
     pub secret_env: Option<String>,
     pub public_key_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    /// A CA to trust for `jwks_url` besides the system roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// A file holding a bearer token sent with the JWKS request (read each time).
+    pub jwks_token_file: Option<PathBuf>,
     /// Least time between two JWKS fetches triggered by unknown key ids.
     pub jwks_min_refresh: std::time::Duration,
 }
@@ -147,6 +151,8 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
             "secret_env",
             "public_key_file",
             "jwks_url",
+            "jwks_ca_file",
+            "jwks_token_file",
             "jwks_min_refresh",
         ],
         p,
@@ -191,6 +197,21 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
     let secret_env = s("secret_env");
     let public_key_file = s("public_key_file").map(|f| base.join(f));
     let jwks_url = s("jwks_url");
+    let jwks_ca_file = s("jwks_ca_file").map(|f| base.join(f));
+    let jwks_token_file = s("jwks_token_file").map(|f| base.join(f));
+    if jwks_url.is_none() && (jwks_ca_file.is_some() || jwks_token_file.is_some()) {
+        p.push(path, "jwks_ca_file and jwks_token_file need jwks_url");
+    }
+    if jwks_token_file.is_some()
+        && jwks_url
+            .as_ref()
+            .is_some_and(|u| !u.starts_with("https://"))
+    {
+        p.push(
+            &format!("{path}.jwks_token_file"),
+            "a bearer token is only sent to an https jwks_url",
+        );
+    }
     let jwks_min_refresh = match s("jwks_min_refresh") {
         None => std::time::Duration::from_secs(30),
         Some(d) => humantime::parse_duration(&d).unwrap_or_else(|_| {
@@ -228,6 +249,8 @@ fn parse_issuer(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<
         secret_env,
         public_key_file,
         jwks_url,
+        jwks_ca_file,
+        jwks_token_file,
         jwks_min_refresh,
     })
 }

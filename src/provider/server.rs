@@ -17,31 +17,68 @@ use crate::secret::SecretValue;
 
 pub struct ServerClient {
     url: String,
-    token: Result<Zeroizing<String>, ProviderError>,
+    token: TokenSource,
     client: HttpClient,
+}
+
+/// Where the identity token comes from. A file is read again for every request, so a
+/// projected service-account token that the kubelet rotates is always current.
+enum TokenSource {
+    File(std::path::PathBuf),
+    Value(Zeroizing<String>),
+    Missing(ProviderError),
+}
+
+impl TokenSource {
+    fn get(&self) -> Result<Zeroizing<String>, ProviderError> {
+        match self {
+            TokenSource::File(f) => std::fs::read_to_string(f)
+                .map(|t| Zeroizing::new(t.trim().to_string()))
+                .map_err(|e| {
+                    ProviderError::config(format!(
+                        "server.token_file {}: {}",
+                        f.display(),
+                        crate::config::io_reason(&e)
+                    ))
+                }),
+            TokenSource::Value(v) => Ok(v.clone()),
+            TokenSource::Missing(e) => Err(e.clone()),
+        }
+    }
 }
 
 impl ServerClient {
     pub fn new(cfg: &ServerConfig, env: &dyn Env) -> Result<Arc<Self>, ProviderError> {
         let token = match (&cfg.token_file, &cfg.token_env) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .map(|t| Zeroizing::new(t.trim().to_string()))
-                .map_err(|e| ProviderError::config(format!("server.token_file {}: {}", f.display(), crate::config::io_reason(&e)))),
-            (None, Some(var)) => env
-                .nonempty(var)
-                .map(Zeroizing::new)
-                .ok_or_else(|| ProviderError::config(format!("server.token_env: {var} is not set"))),
-            (None, None) => env
-                .nonempty("KZ_IDENTITY_TOKEN")
-                .map(Zeroizing::new)
-                .ok_or_else(|| ProviderError::config("no identity token (set server.token_file, server.token_env or KZ_IDENTITY_TOKEN)")),
+            (Some(f), _) => TokenSource::File(f.clone()),
+            (None, Some(var)) => match env.nonempty(var) {
+                Some(v) => TokenSource::Value(Zeroizing::new(v)),
+                None => TokenSource::Missing(ProviderError::config(format!(
+                    "server.token_env: {var} is not set"
+                ))),
+            },
+            (None, None) => match env.nonempty("KZ_IDENTITY_TOKEN") {
+                Some(v) => TokenSource::Value(Zeroizing::new(v)),
+                None => TokenSource::Missing(ProviderError::config(
+                    "no identity token (set server.token_file, server.token_env or KZ_IDENTITY_TOKEN)",
+                )),
+            },
         };
-        let ca = env.nonempty("KZ_SERVER_CA").map(std::path::PathBuf::from);
-        let ca_list: Vec<&std::path::Path> = ca.iter().map(|p| p.as_path()).collect();
+        // KZ_SERVER_CA: a PEM file, or the PEM text itself (the injector passes it that way,
+        // since a pod cannot mount a Secret from the server's namespace).
+        let extra = match env.nonempty("KZ_SERVER_CA") {
+            None => Vec::new(),
+            Some(v) if v.trim_start().starts_with("-----BEGIN") => {
+                crate::http::parse_pem_certs(v.as_bytes(), "KZ_SERVER_CA")
+                    .map_err(ProviderError::config)?
+            }
+            Some(path) => crate::http::read_pem_certs(std::path::Path::new(&path))
+                .map_err(|e| ProviderError::config(format!("KZ_SERVER_CA: {e}")))?,
+        };
         Ok(Arc::new(ServerClient {
             url: cfg.url.trim_end_matches('/').to_string(),
             token,
-            client: HttpClient::new(&ca_list).map_err(ProviderError::config)?,
+            client: HttpClient::with_certs(&extra),
         }))
     }
 
@@ -50,7 +87,7 @@ impl ServerClient {
         kind: ProviderKind,
         req: &Request,
     ) -> Result<SecretValue, ProviderError> {
-        let token = self.token.as_ref().map_err(Clone::clone)?;
+        let token = self.token.get()?;
         let body = json!({"secrets": [{"provider": kind.name(), "ref": req.reference, "key": req.key, "version": req.version}]});
         let http = hyper::Request::post(format!("{}/v1/resolve", self.url))
             .header("authorization", format!("Bearer {}", token.as_str()))

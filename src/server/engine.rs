@@ -108,7 +108,6 @@ impl Engine {
         let mut issuers = Vec::new();
         let mut refresh = Vec::new();
         let mut pending = Vec::new();
-        let client = crate::http::HttpClient::new(&[]).map_err(|e| vec![e])?;
         for i in &bundle.issuers {
             let mut keys: Vec<(Option<String>, Key)> = Vec::new();
             if let Some(var) = &i.secret_env {
@@ -136,7 +135,7 @@ impl Engine {
             if let Some(url) = &i.jwks_url {
                 // An unreachable JWKS does not stop the server: that issuer waits (503) while
                 // its keys are fetched again in the background.
-                match fetch_jwks(&client, url).await {
+                match fetch_jwks(i).await {
                     Ok(k) => keys.extend(k),
                     Err(e) => pending.push((
                         issuers.len(),
@@ -195,15 +194,12 @@ impl Engine {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(30));
             let Some(e) = engine.upgrade() else { return };
-            let Ok(client) = crate::http::HttpClient::new(&[]) else {
-                continue;
-            };
             let todo: Vec<usize> = e.pending.lock().unwrap().iter().map(|(i, _)| *i).collect();
             for idx in todo {
                 let Some(url) = e.bundle.issuers[idx].jwks_url.clone() else {
                     continue;
                 };
-                match fetch_jwks(&client, &url).await {
+                match fetch_jwks(&e.bundle.issuers[idx]).await {
                     Ok(fresh) => {
                         let mut keys = e.refresh[idx].0.clone();
                         keys.extend(fresh);
@@ -255,9 +251,9 @@ impl Engine {
             return first;
         };
         let cfg = &self.bundle.issuers[idx];
-        let Some(url) = &cfg.jwks_url else {
+        if cfg.jwks_url.is_none() {
             return first;
-        };
+        }
         {
             let mut last = self.refresh[idx].1.lock().unwrap();
             if last.elapsed() < cfg.jwks_min_refresh {
@@ -265,10 +261,7 @@ impl Engine {
             }
             *last = std::time::Instant::now();
         }
-        let Ok(client) = crate::http::HttpClient::new(&[]) else {
-            return first;
-        };
-        let Ok(fresh) = fetch_jwks(&client, url).await else {
+        let Ok(fresh) = fetch_jwks(cfg).await else {
             return first;
         };
         {
@@ -448,11 +441,25 @@ fn unverified_issuer(token: &str) -> Option<String> {
     v.get("iss")?.as_str().map(String::from)
 }
 
+/// Fetches an issuer's JWKS, trusting `jwks_ca_file` besides the system roots and sending the
+/// bearer token in `jwks_token_file` (read each time: a Kubernetes API server serves its keys
+/// only to authenticated callers, and the projected token rotates).
 async fn fetch_jwks(
-    client: &crate::http::HttpClient,
-    url: &str,
+    issuer: &crate::config::bundle::Issuer,
 ) -> Result<Vec<(Option<String>, Key)>, String> {
-    let req = hyper::Request::get(url)
+    let url = issuer.jwks_url.as_deref().ok_or("no jwks_url")?;
+    let extra = match &issuer.jwks_ca_file {
+        Some(f) => crate::http::read_pem_certs(f)?,
+        None => Vec::new(),
+    };
+    let client = crate::http::HttpClient::with_certs(&extra);
+    let mut req = hyper::Request::get(url);
+    if let Some(f) = &issuer.jwks_token_file {
+        let token = std::fs::read_to_string(f)
+            .map_err(|e| format!("{}: {}", f.display(), crate::config::io_reason(&e)))?;
+        req = req.header("authorization", format!("Bearer {}", token.trim()));
+    }
+    let req = req
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = client

@@ -1,11 +1,13 @@
 //! The sidecar injector: a mutating admission webhook (`POST /inject`, AdmissionReview v1). For
-//! pods annotated `keyzero.dev/inject: "true"` it returns a JSON patch that adds the
+//! pods labelled (or annotated) `keyzero.dev/inject: "true"` it returns a JSON patch that adds the
 //! `kz init-network` init container, the `kz sidecar` native sidecar (an init container with
 //! `restartPolicy: Always`), the shared volume and, for the secrets named in
 //! `keyzero.dev/secrets`, one token per secret in the agent containers' environment and the
 //! same token in the sidecar's; agent containers lose the capabilities that could undo the
-//! rules or reach kz's uid. Pods that would defeat the rules are refused; pods already
-//! injected get no patch. Pure: JSON in, JSON out.
+//! rules or reach kz's uid. With a policy server configured (the chart's default) the sidecar
+//! gets a projected service-account token of its own (audience `keyzero`), mounted in it alone,
+//! and resolves through the server with it. Pods that would defeat the rules are refused; pods
+//! already injected get no patch. Pure: JSON in, JSON out.
 
 use serde_json::{json, Value};
 
@@ -17,13 +19,65 @@ pub const INIT_NAME: &str = "keyzero-init";
 pub const SIDECAR_NAME: &str = "keyzero-sidecar";
 pub const VOLUME: &str = "keyzero-share";
 pub const SHARE_DIR: &str = "/var/run/keyzero";
+pub const IDENTITY_VOLUME: &str = "keyzero-identity";
+pub const IDENTITY_DIR: &str = "/var/run/secrets/keyzero";
+/// Per-pod exceptions to the redirect, comma-separated (as `kz init-network` takes them).
+pub const EXCLUDE_CIDRS_ANNOTATION: &str = "keyzero.dev/exclude-outbound-cidrs";
+pub const EXCLUDE_PORTS_ANNOTATION: &str = "keyzero.dev/exclude-outbound-ports";
 
 /// How the injected containers look.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InjectConfig {
     pub image: String,
     /// A ConfigMap holding the sidecar's `keyzero.toml`.
     pub config_map: String,
+    /// `resources` of the sidecar and of the init container.
+    pub sidecar_resources: Option<Value>,
+    pub init_resources: Option<Value>,
+    /// Team mode: the sidecar resolves through this policy server with its own token.
+    pub server: Option<ServerIdentity>,
+}
+
+/// The sidecar's identity towards the policy server.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    pub url: String,
+    /// The CA that signed the server's certificate, read for each review (it may rotate).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Its PEM, passed to the sidecar as `KZ_SERVER_CA`.
+    pub ca_pem: Option<String>,
+    pub audience: String,
+    pub expiration_seconds: i64,
+}
+
+impl InjectConfig {
+    /// This configuration with the CA file read now (a renewal is picked up by the next pod).
+    pub fn with_current_ca(&self) -> InjectConfig {
+        let mut cfg = self.clone();
+        if let Some(server) = &mut cfg.server {
+            if let Some(f) = &server.ca_file {
+                match std::fs::read_to_string(f) {
+                    Ok(pem) => server.ca_pem = Some(pem),
+                    Err(e) => eprintln!(
+                        "kz: injector: {}: {} (sidecars get no KZ_SERVER_CA)",
+                        f.display(),
+                        crate::config::io_reason(&e)
+                    ),
+                }
+            }
+        }
+        cfg
+    }
+}
+
+fn csv(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_str)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// The decision for one pod.
@@ -44,10 +98,15 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
     let annotations = pod
         .pointer("/metadata/annotations")
         .and_then(Value::as_object);
-    let opted_in = annotations
-        .and_then(|a| a.get(ANNOTATION))
-        .and_then(Value::as_str)
-        == Some("true");
+    // The label is what the webhook's objectSelector sees; the annotation is read as well for
+    // webhooks configured without that selector.
+    let opted_in = [
+        annotations.and_then(|a| a.get(ANNOTATION)),
+        pod.pointer("/metadata/labels")
+            .and_then(|l| l.get(ANNOTATION)),
+    ]
+    .iter()
+    .any(|v| v.and_then(Value::as_str) == Some("true"));
     if !opted_in {
         return Verdict::Skip;
     }
@@ -121,42 +180,69 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
             ));
         }
     }
-    let names: Vec<String> = annotations
-        .and_then(|a| a.get(SECRETS_ANNOTATION))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let names = csv(annotations.and_then(|a| a.get(SECRETS_ANNOTATION)));
+    let mut init_args: Vec<String> =
+        vec!["init-network".into(), "--kz-uid".into(), KZ_UID.to_string()];
+    for c in csv(annotations.and_then(|a| a.get(EXCLUDE_CIDRS_ANNOTATION))) {
+        if let Err(e) = c.parse::<kz_netns::rules::Cidr>() {
+            return Verdict::Refuse(format!("{EXCLUDE_CIDRS_ANNOTATION}: {e}"));
+        }
+        init_args.extend(["--exclude-cidr".into(), c]);
+    }
+    for p in csv(annotations.and_then(|a| a.get(EXCLUDE_PORTS_ANNOTATION))) {
+        if !p.parse::<u16>().is_ok_and(|n| n > 0) {
+            return Verdict::Refuse(format!(
+                "{EXCLUDE_PORTS_ANNOTATION}: {p:?} is not a port (1-65535)"
+            ));
+        }
+        init_args.extend(["--exclude-port".into(), p]);
+    }
     let tokens: Vec<(String, String)> = names.iter().map(|n| (n.clone(), token(n))).collect();
     let mount = json!({"name": VOLUME, "mountPath": SHARE_DIR, "readOnly": true});
-    let init_network = json!({
+    let mut init_network = json!({
         "name": INIT_NAME,
         "image": cfg.image,
-        "args": ["init-network", "--kz-uid", KZ_UID.to_string()],
+        "args": init_args,
         "securityContext": {
             "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
             "seccompProfile": {"type": "RuntimeDefault"}
         }
     });
+    if let Some(r) = &cfg.init_resources {
+        init_network["resources"] = r.clone();
+    }
     let mut sidecar_env: Vec<Value> = tokens
         .iter()
         .map(|(n, t)| json!({"name": format!("KZ_TOKEN_{n}"), "value": t}))
         .collect();
     sidecar_env.push(json!({"name": "KZ_CONFIG", "value": "/etc/keyzero/keyzero.toml"}));
-    let sidecar = json!({
+    let mut sidecar_args: Vec<String> =
+        vec!["sidecar".into(), "--share-dir".into(), SHARE_DIR.into()];
+    let mut sidecar_mounts = vec![
+        json!({"name": VOLUME, "mountPath": SHARE_DIR}),
+        json!({"name": "keyzero-config", "mountPath": "/etc/keyzero", "readOnly": true}),
+    ];
+    if let Some(server) = &cfg.server {
+        sidecar_args.extend([
+            "--server".into(),
+            server.url.clone(),
+            "--server-token-file".into(),
+            format!("{IDENTITY_DIR}/token"),
+        ]);
+        sidecar_mounts
+            .push(json!({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true}));
+        if let Some(pem) = &server.ca_pem {
+            sidecar_env.push(json!({"name": "KZ_SERVER_CA", "value": pem}));
+        }
+    }
+    let mut sidecar = json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
         "restartPolicy": "Always",
-        "args": ["sidecar", "--share-dir", SHARE_DIR],
+        "args": sidecar_args,
         "env": sidecar_env,
-        "volumeMounts": [
-            {"name": VOLUME, "mountPath": SHARE_DIR},
-            {"name": "keyzero-config", "mountPath": "/etc/keyzero", "readOnly": true}
-        ],
+        "volumeMounts": sidecar_mounts,
         "startupProbe": {"httpGet": {"path": "/ready", "port": 15021}, "periodSeconds": 1, "failureThreshold": 60},
         "securityContext": {
             "runAsUser": KZ_UID, "runAsGroup": KZ_UID, "runAsNonRoot": true,
@@ -165,6 +251,9 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
             "seccompProfile": {"type": "RuntimeDefault"}
         }
     });
+    if let Some(r) = &cfg.sidecar_resources {
+        sidecar["resources"] = r.clone();
+    }
     let mut ops = Vec::new();
     if pod.pointer("/spec/initContainers").is_none() {
         ops.push(
@@ -175,10 +264,35 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
         ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
         ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init_network}));
     }
-    let volumes = [
+    let mut volumes = vec![
         json!({"name": VOLUME, "emptyDir": {}}),
         json!({"name": "keyzero-config", "configMap": {"name": cfg.config_map}}),
     ];
+    if let Some(server) = &cfg.server {
+        // The sidecar's own identity: a token only the sidecar mounts, for the policy server's
+        // audience alone (the pod's ordinary service-account token is not accepted there).
+        volumes.push(
+            json!({"name": IDENTITY_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+                "audience": server.audience,
+                "expirationSeconds": server.expiration_seconds,
+                "path": "token"
+            }}]}}),
+        );
+    }
+    let taken: Vec<&str> = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().filter_map(|x| x.get("name")?.as_str()).collect())
+        .unwrap_or_default();
+    if let Some(clash) = volumes
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .find(|n| taken.contains(n))
+    {
+        return Verdict::Refuse(format!(
+            "the pod already has a volume named {clash}, which kz's sidecar needs"
+        ));
+    }
     if pod.pointer("/spec/volumes").is_none() {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     } else {

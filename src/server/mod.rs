@@ -8,6 +8,7 @@ pub mod engine;
 pub mod inject;
 pub mod mcp;
 mod mcp_fetch;
+pub mod serving_cert;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -407,7 +408,7 @@ impl Server {
             }
             (&Method::POST, "/inject") => {
                 // Called by the Kubernetes API server (authenticated by the webhook's TLS).
-                let Some(cfg) = self.inject.clone() else {
+                let Some(cfg) = self.inject.as_ref().map(|c| c.with_current_ca()) else {
                     return json_response(
                         StatusCode::NOT_FOUND,
                         json!({"error": "injector not configured"}),

@@ -1,6 +1,7 @@
 //! The Helm chart, rendered and linted with the real Helm engine offline (PyPI
-//! `helm-python-sdk`), by `tests/helm/test_chart.py`: default and non-default values, and
-//! `values.schema.json` rejecting bad values.
+//! `helm-python-sdk`), by `tests/helm/test_chart.py`: no values at all, every option, an
+//! upgrade keeping the generated certificate, every object checked against the Kubernetes
+//! schemas (kubernetes-validate), and `values.schema.json` rejecting bad values.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,7 @@ fn chart_renders_lints_and_validates() {
     let out = Command::new(crate::util::python())
         .arg(root.join("tests/helm/test_chart.py"))
         .arg(root.join("helm/keyzero"))
+        .arg(crate::util::kz_bin())
         .output()
         .unwrap();
     let text = format!(

@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
-use kz::server::inject::{review, InjectConfig};
+use kz::server::inject::{review, InjectConfig, ServerIdentity};
 
 fn fixture(name: &str) -> Value {
     serde_json::from_str(
@@ -13,10 +13,33 @@ fn fixture(name: &str) -> Value {
     .unwrap()
 }
 
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+/// As the chart configures it: team mode (the sidecar's own token) and resources.
 fn cfg() -> InjectConfig {
     InjectConfig {
         image: "keyzero/kz:test".into(),
         config_map: "keyzero-agent".into(),
+        sidecar_resources: Some(
+            json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+        ),
+        init_resources: Some(json!({"requests": {"cpu": "10m", "memory": "16Mi"}})),
+        server: Some(ServerIdentity {
+            url: "https://r1-keyzero.keyzero.svc:8787".into(),
+            ca_file: None,
+            ca_pem: Some(CA_PEM.into()),
+            audience: "keyzero".into(),
+            expiration_seconds: 3600,
+        }),
+    }
+}
+
+/// Without a policy server: the sidecar resolves with what its ConfigMap says.
+fn standalone() -> InjectConfig {
+    InjectConfig {
+        image: "keyzero/kz:test".into(),
+        config_map: "keyzero-agent".into(),
+        ..Default::default()
     }
 }
 
@@ -53,7 +76,11 @@ fn apply(doc: &mut Value, ops: &[Value]) {
 }
 
 fn patched(review_in: &Value) -> (Value, Value) {
-    let out = review(review_in, &cfg());
+    patched_with(review_in, &cfg())
+}
+
+fn patched_with(review_in: &Value, cfg: &InjectConfig) -> (Value, Value) {
+    let out = review(review_in, cfg);
     assert_eq!(out["kind"], "AdmissionReview");
     assert_eq!(out["response"]["uid"], review_in["request"]["uid"]);
     assert_eq!(out["response"]["allowed"], true, "{out}");
@@ -96,7 +123,10 @@ fn plain_pod_gets_rules_sidecar_volume_and_tokens() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["keyzero-share", "keyzero-config"]);
+    assert_eq!(
+        volumes,
+        ["keyzero-share", "keyzero-config", "keyzero-identity"]
+    );
     let sidecar_env = init[1]["env"].as_array().unwrap();
     for c in pod["spec"]["containers"].as_array().unwrap() {
         assert!(c["volumeMounts"]
@@ -136,6 +166,131 @@ fn plain_pod_gets_rules_sidecar_volume_and_tokens() {
         pod["metadata"]["annotations"]["keyzero.dev/injected"],
         "true"
     );
+    assert_eq!(init[0]["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(init[1]["resources"]["limits"]["memory"], "128Mi");
+    crate::util::k8s_validate(&[pod]);
+}
+
+/// The sidecar's own identity: a projected token for the policy server's audience, mounted in
+/// the sidecar and nowhere else; the sidecar resolves through the server with it.
+#[test]
+fn the_sidecar_token_is_mounted_in_the_sidecar_alone() {
+    let (pod, _) = patched(&fixture("with-init.json"));
+    let identity = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "keyzero-identity")
+        .unwrap();
+    assert_eq!(
+        identity["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "keyzero", "expirationSeconds": 3600, "path": "token"})
+    );
+    let mounts_identity = |c: &Value| {
+        c["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "keyzero-identity"))
+    };
+    let spec = &pod["spec"];
+    let all: Vec<&Value> = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["initContainers"].as_array().unwrap())
+        .collect();
+    let holders: Vec<&str> = all
+        .iter()
+        .filter(|c| mounts_identity(c))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, ["keyzero-sidecar"]);
+    let sidecar = all.iter().find(|c| c["name"] == "keyzero-sidecar").unwrap();
+    let args: Vec<&str> = sidecar["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--server", "https://r1-keyzero.keyzero.svc:8787"])
+            && args
+                .windows(2)
+                .any(|w| w == ["--server-token-file", "/var/run/secrets/keyzero/token"]),
+        "{args:?}"
+    );
+    let ca = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KZ_SERVER_CA")
+        .unwrap();
+    assert_eq!(ca["value"], CA_PEM);
+    crate::util::k8s_validate(std::slice::from_ref(&pod));
+
+    // Without a policy server there is no token and no --server.
+    let (pod, _) = patched_with(&fixture("plain.json"), &standalone());
+    let text = pod.to_string();
+    assert!(
+        !text.contains("keyzero-identity") && !text.contains("--server"),
+        "{text}"
+    );
+    crate::util::k8s_validate(&[pod]);
+}
+
+#[test]
+fn the_label_opts_in_and_exclusion_annotations_reach_the_rules() {
+    let mut r = fixture("plain.json");
+    let meta = &mut r["request"]["object"]["metadata"];
+    meta["annotations"] = json!({
+        "keyzero.dev/secrets": "OPENAI_API_KEY",
+        "keyzero.dev/exclude-outbound-cidrs": "10.96.0.0/12, fd00::/8",
+        "keyzero.dev/exclude-outbound-ports": "5432"
+    });
+    meta["labels"] = json!({"keyzero.dev/inject": "true"});
+    let (pod, _) = patched(&r);
+    let args = &pod["spec"]["initContainers"][0]["args"];
+    assert_eq!(
+        args,
+        &json!([
+            "init-network",
+            "--kz-uid",
+            "17337",
+            "--exclude-cidr",
+            "10.96.0.0/12",
+            "--exclude-cidr",
+            "fd00::/8",
+            "--exclude-port",
+            "5432"
+        ])
+    );
+    crate::util::k8s_validate(&[pod]);
+    for (key, value, why) in [
+        (
+            "keyzero.dev/exclude-outbound-cidrs",
+            "10.0.0.1/8",
+            "10.0.0.1/8",
+        ),
+        (
+            "keyzero.dev/exclude-outbound-cidrs",
+            "everything",
+            "everything",
+        ),
+        ("keyzero.dev/exclude-outbound-ports", "0", "not a port"),
+        ("keyzero.dev/exclude-outbound-ports", "http", "not a port"),
+    ] {
+        let mut bad = r.clone();
+        bad["request"]["object"]["metadata"]["annotations"][key] = json!(value);
+        let out = review(&bad, &cfg());
+        assert_eq!(out["response"]["allowed"], false, "{value}: {out}");
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(key) && msg.contains(why), "{msg}");
+    }
+    // "false" is not an opt-in, whatever the other says.
+    let mut off = r.clone();
+    off["request"]["object"]["metadata"]["labels"]["keyzero.dev/inject"] = json!("false");
+    let out = review(&off, &cfg());
+    assert!(out["response"].get("patch").is_none(), "{out}");
 }
 
 #[test]
@@ -154,7 +309,24 @@ fn existing_init_containers_and_volumes_are_kept_after_ours() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vols, ["data", "keyzero-share", "keyzero-config"]);
+    assert_eq!(
+        vols,
+        [
+            "data",
+            "keyzero-share",
+            "keyzero-config",
+            "keyzero-identity"
+        ]
+    );
+    // A pod volume with one of kz's names would be shadowed: refused.
+    let mut r = fixture("with-init.json");
+    r["request"]["object"]["spec"]["volumes"][0]["name"] = json!("keyzero-share");
+    let out = review(&r, &cfg());
+    assert_eq!(out["response"]["allowed"], false, "{out}");
+    assert!(out["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("keyzero-share"));
 }
 
 #[test]
@@ -249,36 +421,87 @@ fn pods_that_would_defeat_the_rules_are_refused() {
 fn the_server_serves_the_webhook() {
     let sb = crate::util::Sandbox::new();
     sb.write("bundle.yaml", "identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: KZ_JWT_SECRET\n");
+    let ca = sb.write(
+        "ca.crt",
+        "-----BEGIN CERTIFICATE-----\nFIRST\n-----END CERTIFICATE-----\n",
+    );
     let mut cmd = sb.kz();
     cmd.env("KZ_JWT_SECRET", "x")
         .stdout(std::process::Stdio::null());
-    let (mut child, port) = crate::util::start_kz_server(cmd, &["--inject-image", "keyzero/kz:1"]);
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-        ])
-        .arg(format!(
-            "@{}",
-            crate::util::fixture("admission/plain.json").display()
-        ))
-        .arg(format!("http://127.0.0.1:{port}/inject"))
-        .output()
+    let (mut child, port) = crate::util::start_kz_server(
+        cmd,
+        &[
+            "--inject-image",
+            "keyzero/kz:1",
+            "--inject-server",
+            "https://r1-keyzero.keyzero.svc:8787",
+            "--inject-server-ca",
+            ca.to_str().unwrap(),
+            "--inject-sidecar-resources",
+            r#"{"limits":{"memory":"99Mi"}}"#,
+        ],
+    );
+    let ask = || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+            ])
+            .arg(format!(
+                "@{}",
+                crate::util::fixture("admission/plain.json").display()
+            ))
+            .arg(format!("http://127.0.0.1:{port}/inject"))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let ops: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(v["response"]["patch"].as_str().unwrap())
+                .unwrap(),
+        )
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["response"]["allowed"], true, "{v}");
-    assert_eq!(v["response"]["patchType"], "JSONPatch");
-    let ops: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::STANDARD
-            .decode(v["response"]["patch"].as_str().unwrap())
-            .unwrap(),
+        ops.to_string()
+    };
+    let ops = ask();
+    assert!(
+        ops.contains("keyzero/kz:1") && ops.contains("99Mi"),
+        "{ops}"
+    );
+    assert!(
+        ops.contains("FIRST") && ops.contains("r1-keyzero.keyzero.svc"),
+        "{ops}"
+    );
+    // A renewed CA reaches the next pod without a restart.
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nSECOND\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    assert!(ops.to_string().contains("keyzero/kz:1"));
+    let ops = ask();
+    assert!(ops.contains("SECOND") && !ops.contains("FIRST"), "{ops}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Bad resources are a usage error naming the flag.
+    let (code, _, err) = crate::util::run(sb.kz().args([
+        "server",
+        "start",
+        "--bundle",
+        "bundle.yaml",
+        "--inject-image",
+        "k",
+        "--inject-sidecar-resources",
+        r#"{"cpu":"1"}"#,
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--inject-sidecar-resources") && err.contains("cpu"),
+        "{err}"
+    );
 }

@@ -194,9 +194,10 @@ python3 origin.py {port} {d}/received.log server.pem server.key & ORIGIN=$!
 for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}), 1)" 2>/dev/null && break; sleep 0.1; done
 ./kz init-network
 setpriv --reuid=17337 --regid=17337 --clear-groups env -i PATH="$PATH" REAL_GH=ghp_pod_REAL_value_42 \
-  ./kz sidecar -c kz.toml --share-dir {share} --ready-listen 127.0.0.1:15021 2> sidecar.log & SIDECAR=$!
+  ./kz sidecar -c kz.toml --share-dir {share} 2> sidecar.log & SIDECAR=$!
 for i in $(seq 100); do curl -sf http://127.0.0.1:15021/ready >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:15021/ready
+curl -sf 'http://[::1]:15021/ready' && echo ready-on-ipv6
 . {share}/tokens.env
 setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH="$PATH" GH="$GH" sh -c '
   echo "agent token: $GH"
@@ -212,6 +213,10 @@ cat received.log
     );
     let out = in_pod(&script);
     assert!(out.contains("ready"), "{out}");
+    assert!(
+        out.contains("ready-on-ipv6"),
+        "kubelet probes reach it over IPv6 too: {out}"
+    );
     assert!(out.contains("agent token: KZ_TOK_"), "{out}");
     assert!(
         out.contains("\nok\n"),

@@ -138,6 +138,37 @@ fn start() -> Pdp {
     }
 }
 
+/// Test keys from `jwt_tool.py keys` in `dir` (kid `kid`): rsa_key.pem, ec_key.pem, jwks.json.
+fn jwt_keys(dir: &Path, kid: &str) {
+    let ok = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .arg("keys")
+        .arg(dir)
+        .arg(kid)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// A token signed by `jwt_tool.py sign` with `key` (a PEM file), `alg` and `kid` ("-": none).
+fn jwt_sign(key: &Path, alg: &str, kid: &str, claims: &Value) -> String {
+    let out = Command::new(python())
+        .arg(fixture("jwt_tool.py"))
+        .args(["sign", key.to_str().unwrap(), alg, kid, &claims.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `GET {url}/readyz`: the body, a newline and the status code.
+fn readyz(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("{url}/readyz")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -780,13 +811,7 @@ fn readiness_waits_for_keys_and_a_bad_start_exits() {
 #[test]
 fn an_unreachable_jwks_keeps_the_server_up_and_unready_until_it_loads() {
     let sb = Sandbox::new();
-    let ok = Command::new(python())
-        .arg(fixture("jwt_tool.py"))
-        .arg("keys")
-        .arg(sb.path())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    jwt_keys(sb.path(), "k1");
     let jwks_port = crate::util::free_port();
     sb.write(
         "bundle.yaml",
@@ -798,25 +823,8 @@ fn an_unreachable_jwks_keeps_the_server_up_and_unready_until_it_loads() {
     let (mut child, port) = crate::util::start_kz_server(sb.kz(), &[]);
     let url = format!("http://127.0.0.1:{port}");
     let claims = json!({"iss": "k8s", "aud": "keyzero", "sub": "pod", "exp": now() + 600});
-    let out = Command::new(python())
-        .arg(fixture("jwt_tool.py"))
-        .args([
-            "sign",
-            sb.path().join("ec_key.pem").to_str().unwrap(),
-            "ES256",
-            "k1",
-            &claims.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let readyz = || {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", &format!("{url}/readyz")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let token = jwt_sign(&sb.path().join("ec_key.pem"), "ES256", "k1", &claims);
+    let readyz = || readyz(&url);
     let r = readyz();
     assert!(r.ends_with("503"), "{r}");
     assert!(
@@ -1048,6 +1056,250 @@ fn a_bundle_caught_half_written_is_never_loaded() {
         "a half-written bundle was loaded: {seen:?}"
     );
     assert!(seen.contains(&revision(&initial)), "{seen:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The identity flow of pod mode: the sidecar presents its projected service-account token
+/// (audience keyzero); the policy server fetches the cluster's keys from the API server with
+/// its own token and the cluster CA (as the chart's default bundle does), and policies match
+/// the `kubernetes.io` claims. Without the server's own token the keys stay unloaded (401).
+#[test]
+fn in_cluster_issuer_loads_keys_with_a_bearer_token_and_matches_service_accounts() {
+    let sb = Sandbox::new();
+    jwt_keys(sb.path(), "k1");
+    let sa_token = sb.write("server-sa-token", "server-sa-token-value\n");
+    let api = start_script(
+        "k8s_jwks.py",
+        &[
+            &sb.path().join("jwks.json"),
+            &sa_token,
+            &fixture("tls/server.pem"),
+            &fixture("tls/server.key"),
+        ],
+    );
+    let iss = "https://kubernetes.default.svc.cluster.local";
+    let bundle = |token_line: &str| {
+        format!(
+            "identity:\n  issuers:\n  - issuer: \"{iss}\"\n    audiences: [keyzero]\n    algorithms: [ES256]\n    jwks_url: \"https://127.0.0.1:{}/openid/v1/jwks\"\n    jwks_ca_file: \"{}\"\n{token_line}policies:\n- match: \"secret/data/agents/**\"\n  rules:\n  - cel: \"identity['kubernetes.io'].namespace == 'agents' && identity['kubernetes.io'].serviceaccount.name == 'research'\"\n    effect: allow\n",
+            api.port,
+            fixture("tls/ca.pem").display()
+        )
+    };
+    let sign = |ns: &str, sa: &str| {
+        let claims = json!({
+            "iss": iss, "aud": ["keyzero"], "sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "exp": now() + 600, "iat": now(), "nbf": now(),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u-1"},
+                              "pod": {"name": "agent-0", "uid": "p-1"}}
+        });
+        jwt_sign(&sb.path().join("ec_key.pem"), "ES256", "k1", &claims)
+    };
+    let wait_ready = |url: &str| {
+        let start = Instant::now();
+        loop {
+            let r = readyz(url);
+            if r.ends_with("200") {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "not ready: {r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Without the server's own token the API server refuses the keys: not ready, says why.
+    sb.write("bundle.yaml", &bundle(""));
+    let (mut child, port) = crate::util::start_kz_server(sb.kz(), &[]);
+    let r = readyz(&format!("http://127.0.0.1:{port}"));
+    assert!(r.ends_with("503") && r.contains("http 401"), "{r}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let token_line = format!("    jwks_token_file: \"{}\"\n", sa_token.display());
+    sb.write("bundle.yaml", &bundle(&token_line));
+    let (mut child, port) = crate::util::start_kz_server(sb.kz(), &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url);
+    let body = json!({"ref": "secret/data/agents/openai"});
+    let decide = |token: &str| post(&format!("{url}/v1/decide"), Some(token), body.clone());
+    let (status, v, _) = decide(&sign("agents", "research"));
+    assert_eq!(
+        (status, v["decision"].as_str()),
+        (200, Some("allow")),
+        "{v}"
+    );
+    let (status, v, _) = decide(&sign("agents", "intern"));
+    assert_eq!((status, v["decision"].as_str()), (200, Some("deny")), "{v}");
+    let (status, v, _) = decide(&sign("other", "research"));
+    assert_eq!((status, v["decision"].as_str()), (200, Some("deny")), "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_jwks_bearer_token_is_never_sent_over_plain_http() {
+    let sb = Sandbox::new();
+    sb.write(
+        "bundle.yaml",
+        "identity:\n  issuers:\n  - issuer: k\n    audiences: [keyzero]\n    algorithms: [RS256]\n    jwks_url: \"http://127.0.0.1:9/jwks\"\n    jwks_token_file: tok\npolicies: []\n",
+    );
+    let (code, _, err) = run(sb.kz().args(["policy", "check", "bundle.yaml"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("jwks_token_file") && err.contains("https"),
+        "{err}"
+    );
+}
+
+/// Pod mode's default: `kz sidecar --server URL --server-token-file F` resolves through the
+/// policy server with the sidecar's own token (read from the file, as a projected token is),
+/// so the pod holds no backend credential; a token of another service account is denied and
+/// the sidecar does not start.
+#[test]
+fn the_sidecar_resolves_through_the_policy_server_with_its_own_token() {
+    let sb = Sandbox::new();
+    let moto = crate::util::start_moto(&[]);
+    crate::util::python_json("aws_setup.py", &[&moto.url(), "open"]);
+    sb.write(
+        "bundle.yaml",
+        &format!(
+            "identity:\n  issuers:\n  - issuer: \"{ISS}\"\n    audiences: [keyzero]\n    algorithms: [HS256]\n    secret_env: KZ_JWT_SECRET\nproviders:\n  aws-sm: {{ region: eu-west-1, endpoint: \"{}\" }}\npolicies:\n- match: \"prod/**\"\n  rules:\n  - cel: \"identity.sub == 'system:serviceaccount:agents:research'\"\n    effect: allow\n",
+            moto.url()
+        ),
+    );
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", JWT_SECRET)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::piped());
+    let (mut server, port) = crate::util::start_kz_server(cmd, &[]);
+    let decisions = BufReader::new(server.stdout.take().unwrap());
+    sb.write(
+        "agent.toml",
+        "[secrets]\nSLACK = { provider = \"aws-sm\", ref = \"prod/slack-bot-token\", hosts = [\"slack.com\"] }\n",
+    );
+    let token_for = |sa: &str| {
+        hs(
+            json!({"iss": ISS, "aud": "keyzero", "sub": format!("system:serviceaccount:agents:{sa}"), "exp": now() + 600}),
+        )
+    };
+    let sidecar = |token: &str| {
+        let tok = sb.write("sa-token", token);
+        let share = sb.path().join("share");
+        let _ = std::fs::create_dir(&share);
+        let (p, d, r) = (
+            crate::util::free_port(),
+            crate::util::free_port(),
+            crate::util::free_port(),
+        );
+        let mut c = Command::new(kz_bin());
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .current_dir(sb.path())
+            .args(["sidecar", "-c", "agent.toml", "--server"])
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--server-token-file")
+            .arg(&tok)
+            .args(["--proxy-port", &p.to_string(), "--dns-port", &d.to_string()])
+            .args(["--ready-listen", &format!("127.0.0.1:{r}")])
+            .arg("--share-dir")
+            .arg(&share)
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                return (Some(status.code().unwrap_or(-1)), err, share);
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", r)).is_ok() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, String::new(), share);
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "sidecar hung");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (exit, err, share) = sidecar(&token_for("research"));
+    assert_eq!(exit, None, "the sidecar serves: {err}");
+    let tokens = std::fs::read_to_string(share.join("tokens.env")).unwrap();
+    assert!(tokens.starts_with("SLACK=KZ_TOK_"), "{tokens}");
+    let (exit, err, _) = sidecar(&token_for("intern"));
+    assert_eq!(exit, Some(125), "{err}");
+    assert!(err.contains("SLACK") && err.contains("denied"), "{err}");
+    assert!(!err.contains("xoxb"), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let log: Vec<String> = decisions.lines().map_while(Result::ok).collect();
+    let subjects: Vec<(String, String)> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            (
+                v["subject"].as_str().unwrap_or("").to_string(),
+                v["decision"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        subjects.contains(&(
+            "system:serviceaccount:agents:research".into(),
+            "allow".into()
+        )) && subjects.contains(&("system:serviceaccount:agents:intern".into(), "deny".into())),
+        "{log:?}"
+    );
+}
+
+/// The serving certificate is reloaded when its files change (a Secret volume updated by
+/// cert-manager or by a chart upgrade), without a restart; a half-written pair is not taken.
+#[test]
+fn the_server_reloads_its_tls_certificate_when_the_files_change() {
+    let sb = Sandbox::new();
+    sb.write("bundle.yaml", "identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: KZ_JWT_SECRET\n");
+    let cert = sb.path().join("tls.crt");
+    let key = sb.path().join("tls.key");
+    std::fs::copy(fixture("tls/server.pem"), &cert).unwrap();
+    std::fs::copy(fixture("tls/server.key"), &key).unwrap();
+    let mut cmd = sb.kz();
+    cmd.env("KZ_JWT_SECRET", "x").stdout(Stdio::null());
+    let (mut child, port) =
+        crate::util::start_kz_server(cmd, &["--tls-cert", "tls.crt", "--tls-key", "tls.key"]);
+    let healthz = |ca: &Path| {
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--cacert"])
+            .arg(ca)
+            .arg(format!("https://127.0.0.1:{port}/healthz"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(healthz(&fixture("tls/ca.pem")));
+    let new_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let new_cert = params.self_signed(&new_key).unwrap();
+    let new_ca = sb.write("new-ca.pem", &new_cert.pem());
+    // Half a renewal (new certificate, old key): still the old pair.
+    std::fs::write(&cert, new_cert.pem()).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        healthz(&fixture("tls/ca.pem")),
+        "a mismatched pair is not taken"
+    );
+    std::fs::write(&key, new_key.serialize_pem()).unwrap();
+    let start = Instant::now();
+    while !healthz(&new_ca) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!healthz(&fixture("tls/ca.pem")));
     let _ = child.kill();
     let _ = child.wait();
 }

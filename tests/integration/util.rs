@@ -265,3 +265,27 @@ pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Child, u16) {
     std::thread::spawn(move || for _ in err.lines() {});
     (child, port)
 }
+
+/// Checks Kubernetes objects against the schemas of a current Kubernetes release
+/// (`tests/fixtures/k8s_validate.py`, PyPI kubernetes-validate, strict); panics with the problems.
+pub fn k8s_validate(docs: &[serde_json::Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.yaml");
+    let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    std::fs::write(&file, text.join("\n---\n")).unwrap();
+    let out = Command::new(python())
+        .arg(fixture("k8s_validate.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text_of(&out.stdout),
+        text_of(&out.stderr)
+    );
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,101 @@
+//! Listening sockets. An address on `[::]` listens on IPv6 and IPv4 at once (`IPV6_V6ONLY`
+//! off, whatever the host's default), and falls back to `0.0.0.0` where the kernel has no
+//! IPv6, so one default serves single-stack and dual-stack clusters alike.
+
+use std::net::SocketAddr;
+
+fn dual(addr: &str) -> Option<SocketAddr> {
+    let a: SocketAddr = addr.parse().ok()?;
+    (a.is_ipv6() && a.ip().is_unspecified()).then_some(a)
+}
+
+fn v6_only_off(fd: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Ipv6V6Only, &false)
+        .map_err(std::io::Error::from)
+}
+
+/// A TCP listener on `addr` (`host:port`); `[::]:port` is dual-stack.
+pub async fn bind_dual(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let Some(a) = dual(addr) else {
+        return tokio::net::TcpListener::bind(addr).await;
+    };
+    let v6 = || -> std::io::Result<tokio::net::TcpListener> {
+        let s = tokio::net::TcpSocket::new_v6()?;
+        v6_only_off(&s)?;
+        s.set_reuseaddr(true)?;
+        s.bind(a)?;
+        s.listen(1024)
+    };
+    match v6() {
+        Ok(l) => Ok(l),
+        Err(e) if no_ipv6(&e) => {
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], a.port()))).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A UDP socket on `addr`; `[::]:port` is dual-stack.
+pub async fn bind_udp_dual(addr: &str) -> std::io::Result<tokio::net::UdpSocket> {
+    let Some(a) = dual(addr) else {
+        return tokio::net::UdpSocket::bind(addr).await;
+    };
+    let v6 = || -> std::io::Result<std::net::UdpSocket> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, SockaddrIn6};
+        let fd = socket(
+            AddressFamily::Inet6,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        v6_only_off(&fd)?;
+        let SocketAddr::V6(a6) = a else {
+            unreachable!()
+        };
+        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(a6))?;
+        Ok(std::net::UdpSocket::from(fd))
+    };
+    match v6() {
+        Ok(s) => tokio::net::UdpSocket::from_std(s),
+        Err(e) if no_ipv6(&e) => {
+            tokio::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], a.port()))).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The kernel has no IPv6 (module absent or disabled).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(nix::errno::Errno::EAFNOSUPPORT as i32)
+        || code == Some(nix::errno::Errno::EADDRNOTAVAIL as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unspecified_v6_accepts_both_families() {
+        let l = bind_dual("[::]:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        for target in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+            if target.starts_with('[') && std::net::TcpListener::bind("[::1]:0").is_err() {
+                continue; // no IPv6 on this host: the v4 half is what matters
+            }
+            let c = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let (_s, peer) = l.accept().await.unwrap();
+            assert_eq!(peer.port(), c.local_addr().unwrap().port(), "{target}");
+        }
+        let u = bind_udp_dual("[::]:0").await.unwrap();
+        let port = u.local_addr().unwrap().port();
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(b"x", format!("127.0.0.1:{port}")).await.unwrap();
+        let mut buf = [0u8; 4];
+        let (n, _) = u.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"x");
+        // Other addresses bind as given.
+        let l4 = bind_dual("127.0.0.1:0").await.unwrap();
+        assert!(l4.local_addr().unwrap().is_ipv4());
+    }
+}
