@@ -4,46 +4,36 @@
 pub mod env;
 pub mod jsonesc;
 pub mod replace;
+pub mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::config::{HostPattern, Swap};
 use crate::secret::SecretValue;
 use replace::PatternSet;
 
-pub const TOKEN_PREFIX: &str = "KZ_TOK_";
-/// 22 base62 characters carry 130.9 bits.
-pub const TOKEN_RANDOM_CHARS: usize = 22;
+pub use token::is_token;
 
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// Whether `t` has the shape of a token (prefix and at least 22 base62 characters).
-pub fn is_token(t: &str) -> bool {
-    t.strip_prefix(TOKEN_PREFIX).is_some_and(|r| {
-        r.len() >= TOKEN_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
+/// A fresh `KZ_TOK_` token (for callers that do not know the value).
+pub fn new_token() -> String {
+    token::generic()
 }
 
-/// A fresh token: `KZ_TOK_` and 22 uniformly random base62 characters.
-pub fn new_token() -> String {
-    let rng = SystemRandom::new();
-    let mut out = String::from(TOKEN_PREFIX);
-    while out.len() < TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS {
-        let mut b = [0u8; 32];
-        rng.fill(&mut b).expect("system random source");
-        // Rejection sampling keeps every character equally likely (248 = 4 * 62).
-        for x in b {
-            if x < 248 && out.len() < TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS {
-                out.push(BASE62[(x % 62) as usize] as char);
-            }
-        }
-    }
-    out
+/// How tokens are made (`[blind] tokens`).
+#[derive(Clone, Default)]
+pub enum TokenMode {
+    /// Fresh random tokens each run (the default).
+    #[default]
+    PerRun,
+    /// Derived from `key`, the project and the secret's name: the same on every run.
+    Stable {
+        key: Zeroizing<Vec<u8>>,
+        project: String,
+    },
 }
 
 /// One secret in blind mode.
@@ -94,6 +84,8 @@ pub struct TokenTable {
     /// Tokens to `{NAME}`, for audit lines.
     redact: Option<Arc<PatternSet>>,
     hosts: Mutex<crate::lru::Lru<(String, u16), Arc<HostSwap>>>,
+    finder: token::Finder,
+    current: std::collections::HashSet<String>,
 }
 
 /// Destinations whose swap sets stay cached (each is rebuilt on demand once evicted).
@@ -151,20 +143,28 @@ fn json_content(v: &str) -> String {
 impl TokenTable {
     /// Tokens are generated here, unique per run.
     pub fn new(secrets: Vec<BlindInput>) -> Self {
-        Self::with_tokens(secrets, &HashMap::new())
+        Self::with_tokens(secrets, &HashMap::new(), &TokenMode::PerRun)
     }
 
     /// Like `new`, but a secret named in `preset` keeps that token (the sidecar, whose agent
-    /// containers got their tokens in their pod spec). Presets must be valid, distinct tokens.
-    pub fn with_tokens(secrets: Vec<BlindInput>, preset: &HashMap<String, String>) -> Self {
+    /// containers got their tokens in their pod spec; presets must be valid, distinct tokens),
+    /// and the others are made as `mode` says.
+    pub fn with_tokens(
+        secrets: Vec<BlindInput>,
+        preset: &HashMap<String, String>,
+        mode: &TokenMode,
+    ) -> Self {
         let mut seen: std::collections::HashSet<String> = preset.values().cloned().collect();
         let secrets: Vec<BlindSecret> = secrets
             .into_iter()
             .map(|(name, value, hosts, swap)| {
-                let token = match preset.get(&name) {
-                    Some(t) => t.clone(),
-                    None => loop {
-                        let t = new_token();
+                let token = match (preset.get(&name), mode) {
+                    (Some(t), _) => t.clone(),
+                    (None, TokenMode::Stable { key, project }) => {
+                        token::stable(key, project, &name, value.expose())
+                    }
+                    (None, TokenMode::PerRun) => loop {
+                        let t = token::per_run(value.expose());
                         if seen.insert(t.clone()) {
                             break t;
                         }
@@ -217,8 +217,10 @@ impl TokenTable {
         TokenTable {
             scrub: PatternSet::with_wrapped(scrub, wrapped),
             redact,
+            current: secrets.iter().map(|s| s.token.clone()).collect(),
             secrets,
             hosts: Mutex::new(crate::lru::Lru::new(HOST_CACHE)),
+            finder: token::Finder::default(),
         }
     }
 
@@ -235,15 +237,18 @@ impl TokenTable {
         &self.secrets[index].name
     }
 
-    /// Whether any token appears in `data`.
-    pub fn contains_token(&self, data: &[u8]) -> Option<usize> {
-        let needle = TOKEN_PREFIX.as_bytes();
-        if !data.windows(needle.len()).any(|w| w == needle) {
-            return None;
-        }
-        self.secrets
-            .iter()
-            .position(|s| data.windows(s.token.len()).any(|w| w == s.token.as_bytes()))
+    /// Whether `data` may hold a token (any token prefix): a cheap pre-check.
+    pub fn may_hold_token(&self, data: &[u8]) -> bool {
+        self.finder.may_hold(data)
+    }
+
+    /// Whether `data` holds a token of kz's that is not one of this run's: a token from an
+    /// earlier run (or another project), which no upstream could use.
+    pub fn has_stale_token(&self, data: &[u8]) -> bool {
+        self.finder
+            .find(data)
+            .into_iter()
+            .any(|r| std::str::from_utf8(&data[r]).map_or(true, |t| !self.current.contains(t)))
     }
 
     /// Swap sets in which every token is forbidden (for plain HTTP).
@@ -379,15 +384,33 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_long_random_and_distinct() {
-        let a = new_token();
-        assert!(a.starts_with(TOKEN_PREFIX));
-        assert_eq!(a.len(), TOKEN_PREFIX.len() + TOKEN_RANDOM_CHARS);
-        assert!(a[TOKEN_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric()));
-        let many: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
-        assert_eq!(many.len(), 1000);
+    fn tokens_keep_the_shape_and_earlier_tokens_are_recognised() {
+        let t = table();
+        assert!(t.secrets[0].token.starts_with("ghp_"));
+        assert!(t.secrets[1].token.starts_with("xoxb-"));
+        let earlier = token::per_run("ghp_real&v/1");
+        let now = &t.secrets[0].token;
+        assert!(!t.has_stale_token(format!("token {now}").as_bytes()));
+        assert!(t.has_stale_token(format!("token {earlier}").as_bytes()));
+        assert!(!t.has_stale_token(b"token ghp_16C7e42F292c6912E7710c838347Ae178B4a"));
+        let key = Zeroizing::new(b"k".to_vec());
+        let mode = TokenMode::Stable {
+            key,
+            project: "/p".into(),
+        };
+        let input = || {
+            vec![(
+                "GH".to_string(),
+                SecretValue::new("ghp_real&v/1"),
+                vec![],
+                Swap::default(),
+            )]
+        };
+        let a = TokenTable::with_tokens(input(), &HashMap::new(), &mode);
+        let b = TokenTable::with_tokens(input(), &HashMap::new(), &mode);
+        assert_eq!(a.secrets[0].token, b.secrets[0].token);
+        let c = TokenTable::new(input());
+        assert_ne!(a.secrets[0].token, c.secrets[0].token);
     }
 
     #[test]

@@ -229,3 +229,34 @@ pub async fn resolve_config(cfg: &Config, env: Arc<dyn Env>, audit: &Audit) -> V
 pub fn process_env() -> Arc<dyn Env> {
     Arc::new(ProcessEnv)
 }
+
+/// How blind mode makes tokens for `cfg` (`[blind] tokens`). Stable tokens are keyed with a
+/// key derived from kz's local store key (created on first use), never kept in the project;
+/// the project is the directory of the config file.
+pub fn token_mode(
+    cfg: &Config,
+    env: &dyn Env,
+    code: u8,
+) -> Result<crate::blind::TokenMode, Failure> {
+    use crate::provider::local::{StoreKey, StorePaths};
+    if cfg.blind.tokens != config::TokenKind::Stable {
+        return Ok(crate::blind::TokenMode::PerRun);
+    }
+    let fail = |e: String| Failure::new(code, format!("blind.tokens = \"stable\": {e}"));
+    let paths = StorePaths::resolve(&cfg.providers.local, None, env).map_err(fail)?;
+    let key = StoreKey::load(&paths, true)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no local key".into()))?;
+    let project = cfg
+        .path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .unwrap_or_default();
+    Ok(crate::blind::TokenMode::Stable {
+        key: key.derive("keyzero stable tokens v1"),
+        project: project.to_string_lossy().into_owned(),
+    })
+}

@@ -109,7 +109,7 @@ pub fn run(args: RunArgs) -> Outcome {
     let removed = removed_variables(&cfg, args.blind, &inherited_names());
     let audit = open_audit(&cfg, args.audit.as_deref())?;
     let rt = runtime()?;
-    let results = rt.block_on(resolve_config(&cfg, env, &audit));
+    let results = rt.block_on(resolve_config(&cfg, env.clone(), &audit));
     let errors: Vec<String> = results.iter().filter_map(|r| r.error_line()).collect();
     if !errors.is_empty() {
         let mut lines = errors;
@@ -153,8 +153,9 @@ pub fn run(args: RunArgs) -> Outcome {
         .clone()
         .or_else(|| cfg.audit.as_ref().map(|a| a.path.clone()));
     let audit = std::sync::Arc::new(audit);
+    let mode = super::token_mode(&cfg, &*env, EXIT_KZ)?;
     rt.block_on(async move {
-        let session = blind::start(&cfg, vars, audit, args.isolate)
+        let session = blind::start(&cfg, vars, &mode, audit, args.isolate)
             .await
             .map_err(|e| Failure::many(EXIT_KZ, e.lines().map(String::from).collect()))?;
         if let Some((u, g)) = run_as {

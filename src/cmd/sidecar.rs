@@ -74,6 +74,7 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
         return Err(Failure::many(EXIT_KZ, bad));
     }
     let audit = Arc::new(open_audit(&cfg, a.audit.as_deref())?);
+    let mode = super::token_mode(&cfg, &*env, EXIT_KZ)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let results = resolve_config(&cfg, env.clone(), &audit).await;
@@ -86,7 +87,8 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
             .filter_map(|r| r.outcome.ok().flatten().map(|v| (r.spec.name, v)))
             .collect();
         let proxy = Arc::new(
-            build_proxy(&cfg, vars, &preset, audit, true).map_err(|e| Failure::new(EXIT_KZ, e))?,
+            build_proxy(&cfg, vars, &preset, &mode, audit, true)
+                .map_err(|e| Failure::new(EXIT_KZ, e))?,
         );
         std::fs::create_dir_all(&a.share_dir)
             .map_err(|e| Failure::new(EXIT_KZ, format!("{}: {e}", a.share_dir.display())))?;

@@ -255,6 +255,22 @@ pub struct IsolateConfig {
     pub expose: Vec<String>,
 }
 
+/// `[blind] tokens`: how blind mode makes tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Fresh each run (the default).
+    #[default]
+    PerRun,
+    /// The same per project and secret on every run.
+    Stable,
+}
+
+/// `[blind]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlindConfig {
+    pub tokens: TokenKind,
+}
+
 /// A validated `.keyzero.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -267,6 +283,7 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     pub audit: Option<AuditConfig>,
     pub isolate: IsolateConfig,
+    pub blind: BlindConfig,
 }
 
 impl Config {
@@ -440,6 +457,18 @@ pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config
         let mut r = Reader::new("isolate", t);
         cfg.isolate.hide = r.string_list("hide", p).unwrap_or_default();
         cfg.isolate.expose = r.string_list("expose", p).unwrap_or_default();
+        r.finish(p);
+    }
+    if let Some(t) = root.table("blind", p) {
+        let mut r = Reader::new("blind", t);
+        match r.nonempty_string("tokens", p).as_deref() {
+            None | Some("per-run") => {}
+            Some("stable") => cfg.blind.tokens = TokenKind::Stable,
+            Some(other) => p.push(
+                "blind.tokens",
+                format!("unknown mode {other:?} (expected \"per-run\" or \"stable\")"),
+            ),
+        }
         r.finish(p);
     }
     if let Some(t) = root.table("audit", p) {

@@ -123,6 +123,13 @@ impl StoreKey {
         Some(StoreKey(k))
     }
 
+    /// A key for another purpose, derived from this one (HMAC-SHA-256 with `label`): kz's
+    /// local state needs one secret only.
+    pub fn derive(&self, label: &str) -> Zeroizing<Vec<u8>> {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0[..]);
+        Zeroizing::new(ring::hmac::sign(&k, label.as_bytes()).as_ref().to_vec())
+    }
+
     /// A fresh random key, base64-encoded (what `KZ_LOCAL_KEY` and the key file hold).
     pub fn generate_encoded() -> Zeroizing<String> {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);

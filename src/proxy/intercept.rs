@@ -52,11 +52,22 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     ) || name == PROXY_AUTHORIZATION
 }
 
-/// Whether `data` may contain a token (cheap pre-check before the pattern search).
-fn has_token_prefix(data: &[u8]) -> bool {
-    let p = crate::blind::TOKEN_PREFIX.as_bytes();
-    data.len() >= p.len() && data.windows(p.len()).any(|w| w == p)
+/// Why a request head is refused.
+enum HeadRefusal {
+    /// A token of secret `i`, which is not bound to the destination.
+    Unbound(usize),
+    /// A token of kz's that is not one of this run's.
+    Stale,
 }
+
+impl From<usize> for HeadRefusal {
+    fn from(i: usize) -> Self {
+        HeadRefusal::Unbound(i)
+    }
+}
+
+const STALE_REASON: &str =
+    "token from an earlier kz run; run again or use tokens = \"stable\" in [blind]";
 
 /// A request head after swapping.
 struct SwappedHead {
@@ -69,16 +80,20 @@ struct SwappedHead {
 
 /// Swaps tokens in the target and every header value. `Err(index)`: a token not bound here.
 fn swap_head(
+    table: &crate::blind::TokenTable,
     swap: &HostSwap,
     parts: &hyper::http::request::Parts,
     keep_upgrade: bool,
-) -> Result<SwappedHead, usize> {
+) -> Result<SwappedHead, HeadRefusal> {
     let mut seen = BTreeSet::new();
     let pq = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    if table.has_stale_token(pq.as_bytes()) {
+        return Err(HeadRefusal::Stale);
+    }
     // The path and the query each swap only the secrets that opted in to them.
     let (path, query) = match pq.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -124,9 +139,14 @@ fn swap_head(
             None
         };
         // Fast path: nothing token-like in this header, so it is forwarded as it is.
-        if !has_token_prefix(raw) && !basic.as_deref().is_some_and(|d| has_token_prefix(d)) {
+        if !table.may_hold_token(raw) && !basic.as_deref().is_some_and(|d| table.may_hold_token(d))
+        {
             headers.append(name.clone(), value.clone());
             continue;
+        }
+        if table.has_stale_token(raw) || basic.as_deref().is_some_and(|d| table.has_stale_token(d))
+        {
+            return Err(HeadRefusal::Stale);
         }
         let mut bytes: Vec<u8> = raw.to_vec();
         if let Some(decoded) = &basic {
@@ -141,7 +161,7 @@ fn swap_head(
         }
         // A value with bytes a header cannot carry is refused rather than mangled.
         let value = HeaderValue::from_bytes(&bytes)
-            .map_err(|_| seen.iter().next().copied().unwrap_or(0))?;
+            .map_err(|_| HeadRefusal::Unbound(seen.iter().next().copied().unwrap_or(0)))?;
         headers.append(name.clone(), value);
     }
     Ok(SwappedHead {
@@ -263,9 +283,12 @@ async fn intercepted_inner(
     let ws = is_websocket(&req);
     let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut head = match swap_head(&swap, &parts, ws) {
+    let mut head = match swap_head(&proxy.table, &swap, &parts, ws) {
         Ok(h) => h,
-        Err(i) => return refuse_token(&proxy, &dest, i),
+        Err(HeadRefusal::Unbound(i)) => return refuse_token(&proxy, &dest, i),
+        Err(HeadRefusal::Stale) => {
+            return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, STALE_REASON)
+        }
     };
     head.shown_path = proxy.table.redact(parts.uri.path());
     if let Some(on_client) = client_upgrade {

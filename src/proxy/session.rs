@@ -26,7 +26,7 @@ pub struct Session {
 
 /// A random per-run proxy password.
 fn credential() -> String {
-    crate::blind::new_token()[crate::blind::TOKEN_PREFIX.len()..].to_string()
+    crate::blind::new_token()[crate::blind::token::GENERIC_PREFIX.len()..].to_string()
 }
 
 fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), String> {
@@ -46,6 +46,7 @@ fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), St
 pub async fn start(
     cfg: &Config,
     vars: Vec<(String, SecretValue)>,
+    mode: &crate::blind::TokenMode,
     audit: Arc<Audit>,
     transparent: bool,
 ) -> Result<Session, String> {
@@ -53,6 +54,7 @@ pub async fn start(
         cfg,
         vars,
         &std::collections::HashMap::new(),
+        mode,
         audit,
         transparent,
     )?);
@@ -133,6 +135,7 @@ pub fn build_proxy(
     cfg: &Config,
     vars: Vec<(String, SecretValue)>,
     preset: &std::collections::HashMap<String, String>,
+    mode: &crate::blind::TokenMode,
     audit: Arc<Audit>,
     transparent: bool,
 ) -> Result<Proxy, String> {
@@ -161,7 +164,7 @@ pub fn build_proxy(
             .unwrap_or_default();
         secrets.push((name, value, hosts, swap));
     }
-    let table = Arc::new(TokenTable::with_tokens(secrets, preset));
+    let table = Arc::new(TokenTable::with_tokens(secrets, preset, mode));
     // Whatever a line holds (a host, a path, a refusal's reason), never a value or a token.
     let filter_table = table.clone();
     audit.set_filter(Box::new(move |line| filter_table.conceal(line)));

@@ -95,7 +95,7 @@ fn assert_no_real_value(out: &str, err: &str) {
 fn curl_gets_tokens_and_the_upstream_gets_the_value() {
     let b = Blind::new();
     let (code, out, err) = b.run_sh(
-        r#"echo "env=$GH"; case "$GH" in KZ_TOK_*) ;; *) exit 9;; esac
+        r#"echo "env=$GH"; case "$GH" in ghp_*) ;; *) exit 9;; esac
            curl -sS --fail -i "$UP/echo" -H "Authorization: Bearer $GH""#,
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -106,14 +106,17 @@ fn curl_gets_tokens_and_the_upstream_gets_the_value() {
         .strip_prefix("env=")
         .unwrap()
         .to_string();
-    assert!(token.starts_with("KZ_TOK_") && token.len() >= 29, "{token}");
+    assert!(
+        token.starts_with("ghp_") && token.len() >= REAL_GH.len() && kz::blind::is_token(&token),
+        "the token keeps the value's shape: {token}"
+    );
     let seen = b.up.last();
     assert_eq!(
         seen.header("authorization"),
         Some(format!("Bearer {REAL_GH}").as_str())
     );
     assert!(
-        !seen.all().contains("KZ_TOK_"),
+        crate::util::tokens_in(&seen.all()).is_empty(),
         "no token reaches a bound host"
     );
     // The upstream echoed the credential in a header and the body: both scrubbed to the token.
@@ -143,7 +146,7 @@ fn curl_gets_tokens_and_the_upstream_gets_the_value() {
     assert_eq!(req["status"], 200);
     let text = std::fs::read_to_string(b.sb.path().join("audit.jsonl")).unwrap();
     assert!(
-        !text.contains(REAL_GH) && !text.contains("KZ_TOK_"),
+        !text.contains(REAL_GH) && crate::util::tokens_in(&text).is_empty(),
         "{text}"
     );
 }
@@ -192,7 +195,8 @@ fn child_environment_has_proxy_and_ca_variables() {
     assert!(out.contains("700 "), "private directory: {out}");
     let certs: usize = out.lines().find_map(|l| l.parse().ok()).unwrap();
     assert!(certs > 10, "system roots plus kz's CA: {certs}");
-    assert!(get("GH").starts_with("KZ_TOK_") && get("OTHER").starts_with("KZ_TOK_"));
+    assert!(get("GH").starts_with("ghp_") && get("OTHER").starts_with("KZ_TOK_"));
+    assert!(kz::blind::is_token(&get("GH")) && kz::blind::is_token(&get("OTHER")));
     assert_ne!(get("GH"), get("OTHER"));
     assert!(!out.contains(REAL_GH));
     // The temporary directory is gone after the run.
@@ -402,7 +406,7 @@ print("frame", data[2:2 + data[1]].decode())
     assert!(out.contains("HTTP/1.1 101"), "{out}");
     assert!(out.contains("accept-ok True"), "{out}");
     assert!(
-        out.contains("frame echo:hello KZ_TOK_"),
+        out.contains("frame echo:hello ghp_"),
         "frames pass unchanged: {out}"
     );
     assert_eq!(

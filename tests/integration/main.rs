@@ -18,6 +18,7 @@ mod openbao;
 mod pod;
 mod policy;
 mod run;
+mod tokens;
 mod upstream;
 mod util;
 mod vault;

@@ -289,3 +289,12 @@ pub fn k8s_validate(docs: &[serde_json::Value]) {
 fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// kz tokens (any shape, valid check) found in `text`.
+pub fn tokens_in(text: &str) -> Vec<String> {
+    kz::blind::token::Finder::default()
+        .find(text.as_bytes())
+        .into_iter()
+        .map(|r| text[r].to_string())
+        .collect()
+}
