@@ -87,6 +87,12 @@ pub fn helper() -> Outcome {
         if Path::new("/etc/hosts").exists() {
             sandbox::bind_over(&spec.dir.join("hosts"), Path::new("/etc/hosts"))?;
         }
+        // The hashed directory (with the bundle as ca-certificates.crt) over /etc/ssl/certs,
+        // for clients that look CAs up by subject hash; then the bundle over every store file.
+        let certs_dir = Path::new("/etc/ssl/certs");
+        if certs_dir.is_dir() {
+            sandbox::bind_over(&spec.dir.join("certs"), certs_dir)?;
+        }
         for p in sandbox::TRUST_STORE_PATHS {
             if Path::new(p).exists() {
                 sandbox::bind_over(&spec.dir.join("ca-bundle.pem"), Path::new(p))?;

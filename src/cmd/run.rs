@@ -106,7 +106,17 @@ pub fn run(args: RunArgs) -> Outcome {
     if run_as.is_some() && !nix::unistd::getuid().is_root() {
         return Err(Failure::new(EXIT_KZ, "--user needs kz to run as root"));
     }
-    let removed = removed_variables(&cfg, args.blind, &inherited_names());
+    let mut removed = removed_variables(&cfg, args.blind, &inherited_names());
+    if args.isolate {
+        // Every connection reaches kz anyway; an inherited proxy would only be a detour (its
+        // CONNECT still lands on kz's transparent port, which accepts it as a fallback).
+        removed.extend(
+            crate::blind::env::PROXY_VARS
+                .iter()
+                .chain(&["NO_PROXY", "no_proxy"])
+                .map(|v| v.to_string()),
+        );
+    }
     let audit = open_audit(&cfg, args.audit.as_deref())?;
     let rt = runtime()?;
     let results = rt.block_on(resolve_config(&cfg, env.clone(), &audit));

@@ -232,6 +232,12 @@ pub struct NetworkConfig {
     pub hosts: BTreeMap<String, IpAddr>,
     pub allow_private: bool,
     pub upstream_ca: Option<PathBuf>,
+    /// kz's own egress proxy (`http://[user:pass@]host:port`); `None`: the `HTTPS_PROXY` kz
+    /// was started with, if any.
+    pub upstream_proxy: Option<String>,
+    /// The longest an intercepted response may take in total (default 30 minutes: LLM calls
+    /// run long; idle timeouts catch dead peers).
+    pub response_timeout: Option<std::time::Duration>,
 }
 
 /// `[server]`
@@ -837,6 +843,18 @@ fn parse_network(t: &toml::Table, base: &Path, p: &mut Problems) -> NetworkConfi
     }
     n.allow_private = r.bool("allow_private", p).unwrap_or(false);
     n.upstream_ca = r.nonempty_string("upstream_ca", p).map(|s| base.join(s));
+    n.upstream_proxy = r.nonempty_string("upstream_proxy", p);
+    if let Some(u) = &n.upstream_proxy {
+        if let Err(e) = crate::proxy::upstream::UpstreamProxy::parse(u, None) {
+            p.push("network.upstream_proxy", e);
+        }
+    }
+    n.response_timeout = r.duration("response_timeout", p);
+    if n.response_timeout
+        .is_some_and(|d| d < std::time::Duration::from_secs(1))
+    {
+        p.push("network.response_timeout", "must be at least 1s");
+    }
     r.finish(p);
     n
 }

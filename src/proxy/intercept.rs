@@ -32,7 +32,9 @@ pub const MAX_BUFFERED_REQUEST: u64 = 8 << 20;
 /// Responses with a `Content-Length` up to this size are scrubbed whole, keeping the length.
 pub const MAX_BUFFERED_RESPONSE: u64 = 1 << 20;
 /// How long an upstream may take to send response headers.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an upstream may take to start its answer, by default: long reasoning calls send
+/// nothing for many minutes (the SDKs themselves wait 10), so kz must not be the one to give up.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub fn incoming(b: Incoming) -> Body {
     b.map_err(|e| -> super::upstream::BoxError { Box::new(e) })
@@ -432,7 +434,7 @@ async fn intercepted_inner(
                 .map_err(|e| -> BoxError { Box::new(e) }),
         }
     };
-    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sent).await {
+    let resp = match tokio::time::timeout(proxy.response_timeout, sent).await {
         Err(_) => {
             return text_response(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod ca;
+pub mod certdir;
 pub mod dns;
 pub mod intercept;
 pub mod session;
@@ -44,6 +45,8 @@ pub struct Proxy {
     /// The per-run proxy password (user `kz`).
     pub credential: String,
     pub audit: Arc<Audit>,
+    /// How long an upstream may take to start its answer (`[network] response_timeout`).
+    pub response_timeout: Duration,
 }
 
 /// Where an intercepted or forwarded request goes.
@@ -160,24 +163,36 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
             _ = &mut shutdown => break,
             stream = accept(&listener) => {
                 let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(proxy.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
+                tokio::spawn(serve_proxy_connection(stream, proxy.clone(), true));
             }
         }
     }
 }
 
-async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if !proxy.authorized(&req) {
+/// One connection of the explicit proxy. `authenticate`: require the run's proxy credential
+/// (off for a client inside `--isolate` whose proxy setting led it to kz's transparent port:
+/// every connection there is the agent's own).
+pub async fn serve_proxy_connection(
+    stream: tokio::net::TcpStream,
+    proxy: Arc<Proxy>,
+    authenticate: bool,
+) {
+    let svc = service_fn(move |req| handle(proxy.clone(), req, authenticate));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    authenticate: bool,
+) -> Result<Response<Body>, Infallible> {
+    if authenticate && !proxy.authorized(&req) {
         let mut r = text_response(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "kz: proxy credentials required (this proxy serves one kz run)\n",

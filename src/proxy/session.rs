@@ -69,7 +69,12 @@ pub async fn start(
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&tmp)
         .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
-    write_ca_files(&proxy, dir.path(), 0o600)?;
+    write_ca_files(
+        &proxy,
+        dir.path(),
+        0o600,
+        user_wgetrc(&crate::env::ProcessEnv).as_deref(),
+    )?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(super::run(listener, proxy.clone(), async move {
         let _ = stopped.await;
@@ -113,20 +118,54 @@ fn remove_stale_dirs(tmp: &std::path::Path) {
     }
 }
 
-/// Writes `ca-bundle.pem` (system roots + kz's CA) and `kz-ca.pem` into `dir`.
-pub fn write_ca_files(proxy: &Proxy, dir: &std::path::Path, mode: u32) -> Result<(), String> {
+/// Writes `ca-bundle.pem` (system roots + kz's CA), `kz-ca.pem`, the hashed directory
+/// `certs/` (for `SSL_CERT_DIR` and `/etc/ssl/certs`) and a `wgetrc` naming the bundle into
+/// `dir`. `user_wgetrc` (the user's own settings) is kept in front.
+pub fn write_ca_files(
+    proxy: &Proxy,
+    dir: &std::path::Path,
+    mode: u32,
+    user_wgetrc: Option<&str>,
+) -> Result<(), String> {
     let ca_pem = proxy.ca.cert_pem();
     let mut bundle = ca::pem_encode(crate::http::system_roots());
     bundle.push_str(&ca_pem);
+    let bundle_path = dir.join("ca-bundle.pem");
+    let wgetrc = crate::blind::env::wgetrc(user_wgetrc, &bundle_path.to_string_lossy());
     for (name, text) in [
         ("ca-bundle.pem", bundle.as_str()),
         ("kz-ca.pem", ca_pem.as_str()),
+        ("wgetrc", wgetrc.as_str()),
     ] {
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         write_private(&path, text, mode)?;
     }
+    let mut certs: Vec<_> = crate::http::system_roots().to_vec();
+    certs.push(proxy.ca.cert_der());
+    let cert_dir = dir.join("certs");
+    super::certdir::write(&cert_dir, &certs, &bundle)?;
+    let dir_mode = if mode & 0o044 != 0 { 0o755 } else { 0o700 };
+    let file_mode = mode;
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    set(&cert_dir, dir_mode)?;
+    for e in std::fs::read_dir(&cert_dir).map_err(|e| e.to_string())? {
+        set(&e.map_err(|e| e.to_string())?.path(), file_mode)?;
+    }
     Ok(())
+}
+
+/// The user's own wget settings (`$WGETRC`, else `~/.wgetrc`), kept in the generated one.
+pub fn user_wgetrc(env: &dyn Env) -> Option<String> {
+    let path = env
+        .nonempty("WGETRC")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env.home().map(|h| h.join(".wgetrc")))?;
+    std::fs::read_to_string(path).ok()
 }
 
 /// The proxy state for `vars` (name → real value) as configured in `cfg`; `preset` fixes
@@ -177,13 +216,32 @@ pub fn build_proxy(
     if transparent {
         resolver = resolver.loopback_only_when_mapped();
     }
+    let proxy_url = cfg.network.upstream_proxy.clone().or_else(|| {
+        ["HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    });
+    let no_proxy = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok());
+    let via = match proxy_url {
+        Some(u) => Some(
+            super::upstream::UpstreamProxy::parse(&u, no_proxy.as_deref())
+                .map_err(|e| format!("upstream proxy {u}: {e}"))?,
+        ),
+        None => None,
+    };
     Ok(Proxy {
         table,
         ca,
-        upstream: Upstream::new(resolver, &extra),
+        upstream: Upstream::new(resolver.via(via), &extra),
         allow: cfg.network.allow.clone(),
         credential: credential(),
         audit,
+        response_timeout: cfg
+            .network
+            .response_timeout
+            .unwrap_or(super::intercept::RESPONSE_TIMEOUT),
     })
 }
 
@@ -232,14 +290,34 @@ impl Session {
             .map(|s| (s.name.clone(), SecretValue::new(s.token.clone())))
             .collect();
         let user_no_proxy = env.var("NO_PROXY").or_else(|| env.var("no_proxy"));
-        let bundle = self.dir.path().join("ca-bundle.pem");
-        let ca_only = self.dir.path().join("kz-ca.pem");
-        for (k, v) in child_env(
-            &self.proxy_url(),
-            &bundle.to_string_lossy(),
-            &ca_only.to_string_lossy(),
-            user_no_proxy.as_deref(),
-        ) {
+        let bound: Vec<crate::config::HostPattern> = self
+            .proxy
+            .table
+            .secrets
+            .iter()
+            .flat_map(|s| s.hosts.iter().cloned())
+            .collect();
+        let (no_proxy, dropped) = crate::blind::env::no_proxy(user_no_proxy.as_deref(), &bound);
+        if with_proxy && !dropped.is_empty() {
+            eprintln!(
+                "kz: note: NO_PROXY entries {} left out for the agent: they would send bound hosts around kz",
+                dropped.join(", ")
+            );
+        }
+        let path = |f: &str| self.dir.path().join(f).to_string_lossy().into_owned();
+        let (bundle, ca_only, cert_dir, wgetrc) = (
+            path("ca-bundle.pem"),
+            path("kz-ca.pem"),
+            path("certs"),
+            path("wgetrc"),
+        );
+        let files = crate::blind::env::CaFiles {
+            bundle: &bundle,
+            ca_only: &ca_only,
+            cert_dir: &cert_dir,
+            wgetrc: &wgetrc,
+        };
+        for (k, v) in child_env(&self.proxy_url(), &files, &no_proxy) {
             let proxy_var = k.to_ascii_lowercase().ends_with("_proxy") || k == "NODE_USE_ENV_PROXY";
             if with_proxy || !proxy_var {
                 out.push((k, SecretValue::new(v)));

@@ -168,6 +168,12 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
             };
             serve_intercepted(proxy, dest, None, tls).await;
         }
+        Peeked::Http(_) if speaks_to_a_proxy(&stream).await => {
+            // A client configured with a proxy (an inherited HTTPS_PROXY, a tool's own proxy
+            // setting) sends CONNECT or absolute-form requests to it; whatever address it
+            // dialled, it is answered as kz's explicit proxy would.
+            super::serve_proxy_connection(stream, proxy, false).await;
+        }
         Peeked::Http(_) => {
             // Plain HTTP goes through the swap engine, which refuses tokens towards hosts
             // they are not bound to.
@@ -193,6 +199,21 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
         }
         _ => tunnel(stream, proxy, name, port).await,
     }
+}
+
+/// Whether the first request is a proxy request: `CONNECT host:port` or an absolute-form
+/// target (`GET http://host/...`).
+async fn speaks_to_a_proxy(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 32];
+    let Ok(n) = stream.peek(&mut buf).await else {
+        return false;
+    };
+    let head = &buf[..n];
+    head.starts_with(b"CONNECT ")
+        || head
+            .splitn(2, |b| *b == b' ')
+            .nth(1)
+            .is_some_and(|t| t.starts_with(b"http://") || t.starts_with(b"https://"))
 }
 
 async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {

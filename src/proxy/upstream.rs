@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -77,6 +77,126 @@ pub struct Resolver {
     overrides: Arc<BTreeMap<String, IpAddr>>,
     allow_private: bool,
     loopback_only_when_mapped: bool,
+    proxy: Option<Arc<UpstreamProxy>>,
+}
+
+/// kz's own egress proxy (`[network] upstream_proxy`, else the `HTTPS_PROXY` kz was started
+/// with): upstream connections are opened with `CONNECT` through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamProxy {
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` value (Basic), from the URL's user and password.
+    pub authorization: Option<String>,
+    /// Names reached directly (`NO_PROXY` kz was started with).
+    pub no_proxy: Vec<String>,
+}
+
+impl UpstreamProxy {
+    /// Parses `http://[user:password@]host[:port]` (port 3128, the usual one, when none is
+    /// given); `no_proxy` is a `NO_PROXY` list.
+    pub fn parse(url: &str, no_proxy: Option<&str>) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or("expected an http:// proxy url (kz speaks CONNECT to it)")?;
+        let rest = rest.trim_end_matches('/');
+        let (auth, hostport) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (host, port) =
+            super::split_authority(hostport, 3128).ok_or("no host in the proxy url")?;
+        if host.is_empty() {
+            return Err("no host in the proxy url".into());
+        }
+        let authorization = auth.map(|a| {
+            use base64::Engine;
+            let decoded: String = percent_encoding::percent_decode_str(a)
+                .decode_utf8_lossy()
+                .into_owned();
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(decoded)
+            )
+        });
+        let no_proxy = no_proxy
+            .unwrap_or("")
+            .split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect();
+        Ok(UpstreamProxy {
+            host,
+            port,
+            authorization,
+            no_proxy,
+        })
+    }
+
+    fn bypassed(&self, host: &str) -> bool {
+        let h = host
+            .trim_matches(['[', ']'])
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.no_proxy.iter().any(|e| {
+            let e = e.trim_start_matches("*.").trim_start_matches('.');
+            e == "*" || h == e || h.ends_with(&format!(".{e}"))
+        })
+    }
+
+    /// Opens a tunnel to `host:port` through the proxy.
+    async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> std::io::Result<TcpStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let fail = |what: String| {
+            std::io::Error::other(format!(
+                "upstream proxy {}:{}: {what}",
+                self.host, self.port
+            ))
+        };
+        let work = async {
+            let mut s = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            let target = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+            if let Some(a) = &self.authorization {
+                head.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+            }
+            head.push_str("\r\n");
+            s.write_all(head.as_bytes()).await?;
+            // Read the answer's head byte by byte: nothing of the tunnel may be consumed.
+            let mut resp = Vec::new();
+            let mut b = [0u8; 1];
+            while !resp.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).await? == 0 || resp.len() > 16 * 1024 {
+                    return Err(fail("closed during CONNECT".into()));
+                }
+                resp.push(b[0]);
+            }
+            let status = std::str::from_utf8(&resp)
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1))
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0);
+            if status != 200 {
+                return Err(fail(format!("CONNECT {target} answered {status}")));
+            }
+            Ok(s)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| fail("timed out".into()))?
+    }
 }
 
 /// A refusal by the address rule; the message is user-facing.
@@ -96,7 +216,15 @@ impl Resolver {
             overrides: Arc::new(overrides),
             allow_private,
             loopback_only_when_mapped: false,
+            proxy: None,
         }
+    }
+
+    /// Upstream connections go through `proxy` (names mapped in `[network] hosts` and those in
+    /// its `no_proxy` are reached directly).
+    pub fn via(mut self, proxy: Option<UpstreamProxy>) -> Self {
+        self.proxy = proxy.map(Arc::new);
+        self
     }
 
     /// For `--isolate` and the sidecar: the agent's own loopback is its own, and the host's is
@@ -174,13 +302,29 @@ impl Resolver {
                 .is_ok_and(|mut a| a.next().is_some())
     }
 
-    /// Connects to the first reachable allowed address.
+    /// Connects to the first reachable allowed address (through the upstream proxy when one is
+    /// set: a name that resolves here must still resolve to an allowed address; one that does
+    /// not is left to the proxy, which may see names this host cannot).
     pub async fn dial(
         &self,
         host: &str,
         port: u16,
         timeout: Duration,
     ) -> std::io::Result<TcpStream> {
+        let bare = host
+            .trim_matches(['[', ']'])
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if let Some(p) = self
+            .proxy
+            .as_ref()
+            .filter(|p| !self.overrides.contains_key(&bare) && !p.bypassed(host))
+        {
+            match self.resolve(host, port).await {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+                _ => return p.connect(host, port, timeout).await,
+            }
+        }
         let addrs = self.resolve(host, port).await?;
         let mut last = None;
         for a in addrs {
@@ -204,6 +348,42 @@ impl Resolver {
 
 type Addrs = std::vec::IntoIter<SocketAddr>;
 
+/// The pooled client's connector: every upstream TCP connection goes through
+/// [`Resolver::dial`] (the address rule, and the upstream proxy when set).
+#[derive(Clone)]
+pub struct DialConnector(pub Resolver);
+
+impl tower_service::Service<hyper::Uri> for DialConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let resolver = self.0.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other("no host in uri"))?
+                .to_string();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            resolver
+                .dial(&host, port, CONNECT_TIMEOUT)
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}
+
 impl tower_service::Service<Name> for Resolver {
     type Response = Addrs;
     type Error = std::io::Error;
@@ -223,7 +403,7 @@ impl tower_service::Service<Name> for Resolver {
 /// The pooled upstream client and what raw connections need.
 #[derive(Clone)]
 pub struct Upstream {
-    pub client: Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Body>,
+    pub client: Client<hyper_rustls::HttpsConnector<DialConnector>, Body>,
     pub resolver: Resolver,
     /// For connections made by hand (WebSocket): HTTP/1.1 only.
     pub tls_h1: Arc<rustls::ClientConfig>,
@@ -236,10 +416,7 @@ impl Upstream {
         resolver: Resolver,
         extra_roots: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Self {
-        let mut http = HttpConnector::new_with_resolver(resolver.clone());
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http = DialConnector(resolver.clone());
         let tls = crate::http::tls_client_config(extra_roots);
         let mut tls_h1 = tls.clone();
         tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -338,13 +338,11 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
             .iter()
             .map(|(n, t)| json!({"name": n, "value": t}))
             .collect();
-        env.push(json!({"name": "SSL_CERT_FILE", "value": format!("{SHARE_DIR}/ca-bundle.pem")}));
-        env.push(
-            json!({"name": "NODE_EXTRA_CA_CERTS", "value": format!("{SHARE_DIR}/ca-bundle.pem")}),
-        );
-        env.push(
-            json!({"name": "REQUESTS_CA_BUNDLE", "value": format!("{SHARE_DIR}/ca-bundle.pem")}),
-        );
+        for var in crate::blind::env::CA_BUNDLE_VARS {
+            env.push(json!({"name": var, "value": format!("{SHARE_DIR}/ca-bundle.pem")}));
+        }
+        env.push(json!({"name": "SSL_CERT_DIR", "value": format!("{SHARE_DIR}/certs")}));
+        env.push(json!({"name": "WGETRC", "value": format!("{SHARE_DIR}/wgetrc")}));
         if c.get("env").is_none() {
             ops.push(json!({"op": "add", "path": format!("{base}/env"), "value": env}));
         } else {

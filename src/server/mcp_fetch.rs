@@ -194,6 +194,8 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         allow: net.allow.clone(),
         credential: String::new(),
         audit: Arc::new(crate::audit::Audit::disabled()),
+        // The fetch tool has its own overall time cap.
+        response_timeout: crate::proxy::intercept::RESPONSE_TIMEOUT,
     });
     let dest = crate::proxy::Dest {
         host: host.clone(),

@@ -56,9 +56,16 @@ expose = [{repo:?}]
 
     /// `kz run --blind --no-mask -- sh -c SCRIPT` (no masking: scrubbing alone must protect).
     pub fn run_sh(&self, script: &str) -> (i32, String, String) {
-        run(self
-            .sb
-            .kz()
+        self.run_sh_with(script, &[])
+    }
+
+    /// `run_sh` with more variables in kz's own environment.
+    pub fn run_sh_with(&self, script: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut cmd = self.sb.kz();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(cmd
             .env("REAL_GH", REAL_GH)
             .env("REAL_OTHER", REAL_OTHER)
             .env("UP", self.url("api.kz.test", ""))

@@ -66,6 +66,59 @@ fn netns_id() -> String {
 const IN_OWN_NETNS: &str = r#"[ "$(readlink /proc/self/ns/net)" != "$HOST_NETNS" ] || { echo "not isolated"; exit 99; }
 "#;
 
+/// The user's `HTTPS_PROXY` (and friends) is not passed into the namespace; a client with a
+/// proxy of its own (`curl -x`) reaches kz's transparent port, which accepts its CONNECT and
+/// absolute-form requests as the explicit proxy would. The hashed `/etc/ssl/certs` inside
+/// holds kz's CA.
+#[test]
+fn inherited_proxies_are_replaced_and_a_clients_own_proxy_still_reaches_kz() {
+    if !privileged() {
+        return;
+    }
+    let b = Blind::new();
+    let script = format!(
+        r#"{IN_OWN_NETNS}
+echo "vars=$HTTPS_PROXY$https_proxy$HTTP_PROXY$ALL_PROXY$NO_PROXY"
+curl -sS --fail -x http://192.0.2.10:3128 "$UP/via-connect" -H "Authorization: Bearer $GH" -o /dev/null && echo connect-ok
+env -u SSL_CERT_FILE -u CURL_CA_BUNDLE "$PY" -c '
+import os, ssl, urllib.request
+ctx = ssl.create_default_context(cafile=None, capath="/etc/ssl/certs")
+ctx.load_verify_locations(capath="/etc/ssl/certs")
+req = urllib.request.Request(os.environ["UP"] + "/capath", headers={{"Authorization": "Bearer " + os.environ["GH"]}})
+print("etc-certs", urllib.request.urlopen(req, context=ctx).status)'
+"#
+    );
+    let proxy = Path::new("http://192.0.2.10:3128");
+    let (code, out, err) = b.run_isolated_with(
+        &script,
+        &[
+            ("HTTPS_PROXY", proxy),
+            ("https_proxy", proxy),
+            ("ALL_PROXY", proxy),
+            ("NO_PROXY", Path::new("api.kz.test")),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("vars=\n"),
+        "inherited proxy variables are gone: {out}"
+    );
+    assert!(out.contains("connect-ok"), "{out}{err}");
+    assert!(out.contains("etc-certs 200"), "{out}{err}");
+    let reqs = b.up.requests();
+    for path in ["/via-connect", "/capath"] {
+        let r = reqs
+            .iter()
+            .find(|r| r.target == path)
+            .unwrap_or_else(|| panic!("{path}: {out}{err}"));
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {REAL_GH}").as_str()),
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn clients_that_ignore_proxy_variables_are_intercepted() {
     if !privileged() {

@@ -5,6 +5,7 @@
 mod attacks;
 mod aws;
 mod blind;
+mod clients;
 mod containment;
 mod deploy;
 mod helm;

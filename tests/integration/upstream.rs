@@ -432,6 +432,15 @@ async fn handle(
                 .insert("content-encoding", "gzip".parse().unwrap());
             r
         }
+        "/slow-body" => {
+            // Headers now, the body after 20 s of silence (a long reasoning call that streams).
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("late answer\n")))).await;
+            });
+            Response::new(BodyExt::boxed(ChannelBody(rx)))
+        }
         "/sse" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             tokio::spawn(async move {
