@@ -4,6 +4,7 @@
 pub mod env;
 pub mod jsonesc;
 pub mod replace;
+pub mod sigv4;
 pub mod token;
 
 use std::collections::HashMap;
@@ -235,6 +236,15 @@ impl TokenTable {
 
     pub fn name(&self, index: usize) -> &str {
         &self.secrets[index].name
+    }
+
+    /// The `sign = "aws-sigv4"` secrets bound to this destination, with their indices.
+    pub fn signers(&self, host: &str, port: u16) -> Vec<(usize, &BlindSecret)> {
+        self.secrets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.swap.aws_sigv4 && s.bound_to(host, port))
+            .collect()
     }
 
     /// Whether `data` may hold a token (any token prefix): a cheap pre-check.

@@ -70,6 +70,9 @@ pub struct Swap {
     pub query: bool,
     pub path: bool,
     pub body: bool,
+    /// `sign = "aws-sigv4"`: an AWS secret access key. Its token is never swapped as text;
+    /// kz checks the agent's SigV4 signature made with the token and signs again with the key.
+    pub aws_sigv4: bool,
 }
 
 impl Default for Swap {
@@ -79,6 +82,7 @@ impl Default for Swap {
             query: false,
             path: false,
             body: false,
+            aws_sigv4: false,
         }
     }
 }
@@ -93,6 +97,7 @@ impl Swap {
             query: false,
             path: false,
             body: false,
+            aws_sigv4: false,
         }
     }
 
@@ -492,6 +497,10 @@ pub fn parse_table(table: &toml::Table, base: &Path, p: &mut Problems) -> Config
     cfg
 }
 
+fn t_has(v: &toml::Value, key: &str) -> bool {
+    v.as_table().is_some_and(|t| t.contains_key(key))
+}
+
 pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -613,6 +622,23 @@ fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<Sec
                 );
             }
         }
+    }
+    match r.nonempty_string("sign", p).as_deref() {
+        None => {}
+        Some("aws-sigv4") => {
+            if t_has(value, "swap") {
+                p.push(
+                    &r.key_path("sign"),
+                    "sign replaces swap (a signing key is never swapped as text); remove swap",
+                );
+            }
+            swap = Swap::none();
+            swap.aws_sigv4 = true;
+        }
+        Some(other) => p.push(
+            &r.key_path("sign"),
+            format!("unknown signing scheme {other:?} (expected \"aws-sigv4\")"),
+        ),
     }
     r.finish(p);
     let parsed = match (provider, &reference) {

@@ -34,6 +34,23 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
 }
 
+/// The SigV4 signing key for one day, region and service.
+pub fn signing_key(secret: &str, day: &str, region: &str, service: &str) -> hmac::Key {
+    let k_secret = Zeroizing::new(format!("AWS4{secret}"));
+    let k_date = hmac_sha256(k_secret.as_bytes(), day.as_bytes());
+    let k_region = hmac_sha256(k_date.as_ref(), region.as_bytes());
+    let k_service = hmac_sha256(k_region.as_ref(), service.as_bytes());
+    hmac::Key::new(
+        hmac::HMAC_SHA256,
+        hmac_sha256(k_service.as_ref(), b"aws4_request").as_ref(),
+    )
+}
+
+/// The hex signature of `string_to_sign` under `key`.
+pub fn signature(key: &hmac::Key, string_to_sign: &str) -> String {
+    hex(hmac::sign(key, string_to_sign.as_bytes()).as_ref())
+}
+
 /// What to sign. Header names must be lower-case; `host` must be among them.
 pub struct SignRequest<'a> {
     pub method: &'a str,
@@ -89,12 +106,8 @@ pub fn sign(req: &SignRequest<'_>, creds: &Credentials, now: Utc) -> Vec<(&'stat
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         sha256_hex(canonical_request.as_bytes())
     );
-    let k_secret = Zeroizing::new(format!("AWS4{}", creds.secret_access_key.as_str()));
-    let k_date = hmac_sha256(k_secret.as_bytes(), day.as_bytes());
-    let k_region = hmac_sha256(k_date.as_ref(), req.region.as_bytes());
-    let k_service = hmac_sha256(k_region.as_ref(), req.service.as_bytes());
-    let k_signing = hmac_sha256(k_service.as_ref(), b"aws4_request");
-    let signature = hex(hmac_sha256(k_signing.as_ref(), string_to_sign.as_bytes()).as_ref());
+    let key = signing_key(&creds.secret_access_key, &day, req.region, req.service);
+    let signature = signature(&key, &string_to_sign);
     let mut out = vec![("x-amz-date", amz_date)];
     if let Some(t) = &creds.session_token {
         out.push(("x-amz-security-token", t.to_string()));

@@ -297,12 +297,35 @@ async fn intercepted_inner(
         return websocket(proxy, dest, parts.method, head, on_client, start).await;
     }
     let SwappedHead {
-        path_and_query,
+        mut path_and_query,
         shown_path,
         mut headers,
         seen,
     } = head;
     let seen = Arc::new(Mutex::new(seen));
+    let scheme = if dest.tls { "https" } else { "http" };
+    let default_port = if dest.tls { 443 } else { 80 };
+    let authority = if dest.port == default_port {
+        dest.host.clone()
+    } else {
+        format!("{}:{}", dest.host, dest.port)
+    };
+    // Towards a host bound to an AWS secret, a SigV4-signed request is checked and signed
+    // again with the real key instead of having its text swapped.
+    let signers = if dest.tls {
+        proxy.table.signers(&dest.host, dest.port)
+    } else {
+        Vec::new()
+    };
+    let aws = if signers.is_empty() {
+        None
+    } else {
+        match super::resign::signature_of(&parts.headers, parts.uri.query().unwrap_or("")) {
+            None => None,
+            Some(Err(reason)) => return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &reason),
+            Some(Ok(sig)) => Some(sig),
+        }
+    };
 
     // Body: swapped whole when its length is known and modest (exact Content-Length), else
     // streamed chunk by chunk. Compressed request bodies pass unchanged (kz cannot see into them).
@@ -320,12 +343,15 @@ async fn intercepted_inner(
     };
     // A compressed request body is passed as it is (kz does not re-compress), but it is decoded
     // on the side and checked: a token of a secret not bound here is refused there too.
+    // (A re-signed AWS request passes its body as signed: `aws-chunked` included.)
+    let resigned = aws.is_some();
     let request_codings = match Coding::parse_list(
         headers
             .get_all(CONTENT_ENCODING)
             .iter()
             .map(|v| v.to_str().unwrap_or("\u{fffd}")),
     ) {
+        _ if resigned => Vec::new(),
         Ok(c) if c.len() <= MAX_CODINGS => c,
         Ok(_) | Err(_) => {
             // Read (a bounded part of) the body first, so HTTP/2 clients see a clean answer.
@@ -346,7 +372,72 @@ async fn intercepted_inner(
     let mut bytes_out: Option<u64> = None;
     // Held until the exchange ends: this request's share of the buffer ceiling.
     let mut _buffered = None;
-    let body: Body = if body.is_end_stream() {
+    let body: Body = if let Some(sig) = aws {
+        // Passed as the agent signed it (no text swapping: that would break the payload hash);
+        // read whole only when the signature covers a hash of it that was not sent.
+        let (body, hash) = match super::resign::payload_hash(&parts.headers, &sig, None) {
+            Some(h) => (body, h),
+            None => {
+                let Some(share) = length
+                    .filter(|l| *l <= MAX_BUFFERED_REQUEST)
+                    .and_then(reserve_buffer)
+                else {
+                    return proxy.refuse(
+                        StatusCode::FORBIDDEN,
+                        &dest.host,
+                        "an AWS-signed body kz cannot hash to check the signature (no x-amz-content-sha256, and no modest Content-Length)",
+                    );
+                };
+                _buffered = Some(share);
+                let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        return text_response(
+                            StatusCode::BAD_REQUEST,
+                            &format!("kz: reading request body: {e}\n"),
+                        )
+                    }
+                };
+                let h = crate::provider::sigv4::sha256_hex(&data);
+                (full(data), h)
+            }
+        };
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (path_and_query.clone(), String::new()),
+        };
+        let sent_authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|| authority.clone());
+        let sent_headers = super::resign::header_pairs(&parts.headers, &sent_authority);
+        let ex = super::resign::Exchange {
+            method: parts.method.as_str(),
+            sent_path: parts.uri.path(),
+            sent_query: parts.uri.query().unwrap_or(""),
+            sent_headers: &sent_headers,
+            path: &path,
+            query: &query,
+            payload_hash: &hash,
+        };
+        match super::resign::resign(&sig, &signers, &ex, &mut headers, &authority) {
+            Err(reason) => return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &reason),
+            Ok(r) => {
+                seen.lock().unwrap().insert(r.secret);
+                path_and_query = if r.query.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", r.query)
+                };
+                match r.chunks {
+                    Some(c) => super::resign::ChunkedBody::new(body, c).boxed(),
+                    None => body,
+                }
+            }
+        }
+    } else if body.is_end_stream() {
         bytes_out = Some(0);
         empty()
     } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
@@ -406,16 +497,12 @@ async fn intercepted_inner(
             .with_seen(seen.clone())
             .boxed()
     };
-    // kz must read responses to scrub them, so ask bound hosts for uncompressed ones.
-    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    // kz must read responses to scrub them, so ask bound hosts for uncompressed ones (a
+    // re-signed request has it already, under its signature).
+    if !resigned {
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
 
-    let scheme = if dest.tls { "https" } else { "http" };
-    let default_port = if dest.tls { 443 } else { 80 };
-    let authority = if dest.port == default_port {
-        dest.host.clone()
-    } else {
-        format!("{}:{}", dest.host, dest.port)
-    };
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = match format!("{scheme}://{authority}{path_and_query}").parse() {

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod certdir;
 pub mod dns;
 pub mod intercept;
+pub mod resign;
 pub mod session;
 pub mod sni;
 #[cfg(target_os = "linux")]

@@ -19,6 +19,7 @@ mod openbao;
 mod pod;
 mod policy;
 mod run;
+mod sigv4;
 mod tokens;
 mod upstream;
 mod util;
