@@ -57,6 +57,19 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
     /// Development identities
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Move a .env file's values into the local store and .keyzero.toml
+    #[command(
+        after_help = "Examples:\n  kz import\n  kz import config/dev.env --remove\n\nEach KEY=VALUE is stored in the local store as KEY and gets KEY = { provider = \"local\", ref = \"KEY\" }\nin .keyzero.toml (created or extended; existing entries are never overwritten, conflicts are listed).\nValues are never printed. --remove deletes the file once everything is stored and read back.\nExit status: 0 all imported, 1 something was not (listed), 2 usage error."
+    )]
+    Import(ImportArgs),
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// The pod's transparent proxy (Kubernetes sidecar, runs as kz's uid)
     #[command(
         after_help = "Example:\n  kz sidecar -c /etc/keyzero/keyzero.toml --share-dir /var/run/keyzero\n\nTokens: KZ_TOKEN_<NAME>=KZ_TOK_... in the sidecar's environment fixes the token of secret NAME\n(the agent container gets the same value in its pod spec); others are generated. Either way\nNAME=TOKEN lines are written to <share-dir>/tokens.env, next to ca-bundle.pem and kz-ca.pem."
@@ -166,6 +179,26 @@ pub enum SecretCommand {
     /// Print a new random key for KZ_LOCAL_KEY
     #[command(after_help = "Example:\n  export KZ_LOCAL_KEY=$(kz secret keygen)")]
     Keygen,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The dotenv file [default: .env]
+    pub file: Option<PathBuf>,
+    /// Delete the file once every value is stored and read back
+    #[arg(long)]
+    pub remove: bool,
+}
+
+/// Shells `kz completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! Subcommands. Each returns an exit code or a `Failure` carrying every error line.
 
 pub mod check;
+pub mod import;
 #[cfg(target_os = "linux")]
 pub mod isolate;
 pub mod policy;
@@ -85,6 +86,8 @@ pub fn dispatch(cli: Cli) -> Outcome {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
+        Command::Import(a) => import::import(a),
+        Command::Completions { shell } => completions(shell),
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),
         Command::InitNetwork(a) => init_network(a),
@@ -259,4 +262,19 @@ pub fn token_mode(
         key: key.derive("keyzero stable tokens v1"),
         project: project.to_string_lossy().into_owned(),
     })
+}
+
+/// `kz completions SHELL`: the completion script on stdout.
+fn completions(shell: crate::cli::CompletionShell) -> Outcome {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        crate::cli::CompletionShell::Bash => Shell::Bash,
+        crate::cli::CompletionShell::Zsh => Shell::Zsh,
+        crate::cli::CompletionShell::Fish => Shell::Fish,
+        crate::cli::CompletionShell::Powershell => Shell::PowerShell,
+    };
+    let mut cmd = crate::cli::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "kz", &mut std::io::stdout());
+    Ok(0)
 }

@@ -9,6 +9,7 @@ mod clients;
 mod containment;
 mod deploy;
 mod helm;
+mod import;
 mod inject;
 mod isolate;
 mod load;
