@@ -543,6 +543,8 @@ async fn intercepted_inner(
         Ok(Ok(r)) => r,
     };
     let (mut rparts, rbody) = resp.into_parts();
+    // Idle, not total: a long answer may take as long as it needs while bytes keep coming.
+    let rbody = super::body::Idle::wrap(incoming(rbody), proxy.response_timeout);
     scrub_headers(&proxy, &mut rparts.headers);
     rparts.version = Version::HTTP_11;
     // Every Content-Encoding header and every entry of each: a coding kz cannot undo, or more
@@ -636,14 +638,14 @@ async fn intercepted_inner(
     };
     let body: Body = if no_body {
         audit_line(0);
-        incoming(rbody)
+        rbody
     } else if let Some(share) = rlength
         .filter(|l| !gzip && *l <= MAX_BUFFERED_RESPONSE)
         .and_then(reserve_buffer)
     {
         // Buffered whole (within the shared ceiling; past it the response streams instead).
         let _share = share;
-        let data = match collect_limited(incoming(rbody), MAX_BUFFERED_RESPONSE as usize).await {
+        let data = match collect_limited(rbody, MAX_BUFFERED_RESPONSE as usize).await {
             Ok(d) => d,
             Err(e) => {
                 return text_response(
@@ -671,7 +673,7 @@ async fn intercepted_inner(
     } else {
         rparts.headers.remove(CONTENT_LENGTH);
         let report = Arc::new(StreamReport::default());
-        let mut t = Transform::new(incoming(rbody), proxy.table.scrubber(), &codings, report);
+        let mut t = Transform::new(rbody, proxy.table.scrubber(), &codings, report);
         if json_body {
             t = t.json();
         }

@@ -114,3 +114,21 @@ fn a_body_that_starts_after_twenty_seconds_of_silence_arrives() {
     assert_eq!(out, "late answer\n");
     assert!(start.elapsed() >= std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn a_body_silent_longer_than_response_timeout_is_cut() {
+    let b = Blind::with_network("allow_private = true\nresponse_timeout = \"2s\"\n");
+    let start = std::time::Instant::now();
+    let (code, out, err) =
+        b.run_sh(r#"curl -sS "$UP/slow-body" -H "Authorization: Bearer $GH"; echo "curl=$?""#);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("late answer") && !out.contains("curl=0"),
+        "{out}{err}"
+    );
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "cut after the idle limit, not the 20 s wait: {took:?}"
+    );
+}
