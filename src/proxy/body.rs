@@ -417,6 +417,59 @@ pub fn reserve_buffer(len: u64) -> Option<tokio::sync::SemaphorePermit<'static>>
     BUFFERED.try_acquire_many(kib.max(1)).ok()
 }
 
+/// A body that fails once no frame has arrived for `limit` (a peer gone silent), however long
+/// the whole body takes: long answers are fine as long as bytes keep coming.
+pub struct Idle {
+    inner: Body,
+    limit: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    pub fn wrap(inner: Body, limit: std::time::Duration) -> Body {
+        Idle {
+            inner,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+        .boxed()
+    }
+}
+
+impl HttpBody for Idle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match std::future::Future::poll(self.timer.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(
+                        format!("no data for {}s", self.limit.as_secs()).into()
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,58 +530,5 @@ mod tests {
         assert!(reserve_buffer(4096).is_none());
         drop(a);
         assert!(reserve_buffer(4096).is_some());
-    }
-}
-
-/// A body that fails once no frame has arrived for `limit` (a peer gone silent), however long
-/// the whole body takes: long answers are fine as long as bytes keep coming.
-pub struct Idle {
-    inner: Body,
-    limit: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Idle {
-    pub fn wrap(inner: Body, limit: std::time::Duration) -> Body {
-        Idle {
-            inner,
-            limit,
-            timer: Box::pin(tokio::time::sleep(limit)),
-        }
-        .boxed()
-    }
-}
-
-impl HttpBody for Idle {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.limit;
-                self.timer.as_mut().reset(deadline);
-                Poll::Ready(frame)
-            }
-            Poll::Pending => match std::future::Future::poll(self.timer.as_mut(), cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Some(Err(
-                        format!("no data for {}s", self.limit.as_secs()).into()
-                    )))
-                }
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
