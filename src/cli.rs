@@ -62,6 +62,16 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if kz failed b
         after_help = "Examples:\n  kz import\n  kz import config/dev.env --remove\n\nEach KEY=VALUE is stored in the local store as KEY and gets KEY = { provider = \"local\", ref = \"KEY\" }\nin .keyzero.toml (created or extended; existing entries are never overwritten, conflicts are listed).\nValues are never printed. --remove deletes the file once everything is stored and read back.\nExit status: 0 all imported, 1 something was not (listed), 2 usage error."
     )]
     Import(ImportArgs),
+    /// Find resolved values (in any form kz scrubs) in files or a stream; names only
+    #[command(
+        after_help = "Examples:\n  kz scan\n  kz scan logs/ transcripts/\n  cat session.jsonl | kz scan --stdin\n\nReports path:line: NAME (form) for raw, base64, base64url, percent-encoded, JSON-escaped and hex\nforms; never the value. .gitignore is honoured and binary files are skipped (--binary to include).\nExit status: 0 nothing found, 1 found (or a secret did not resolve), 2 usage error."
+    )]
+    Scan(ScanArgs),
+    /// What works on this machine and config: one line per check, with the fix
+    #[command(
+        after_help = "Examples:\n  kz doctor\n  kz doctor --json\n\nChecks: config, each provider (resolving, never printing values), the local store, user\nnamespaces (and why not), nftables/iptables in a namespace, the runtime directory, the CA\nvariables of blind mode, Node's proxy support. Exit status: 1 when a configured feature cannot work."
+    )]
+    Doctor(DoctorArgs),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
@@ -190,6 +200,29 @@ pub struct ImportArgs {
     /// Delete the file once every value is stored and read back
     #[arg(long)]
     pub remove: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Files or directories [default: .]
+    pub paths: Vec<PathBuf>,
+    /// Scan standard input instead (an agent transcript piped in)
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// Also scan files that look binary
+    #[arg(long)]
+    pub binary: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Machine-readable output: a JSON array of {check, status, detail, fix}
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Shells `kz completions` writes scripts for.

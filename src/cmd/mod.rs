@@ -1,10 +1,12 @@
 //! Subcommands. Each returns an exit code or a `Failure` carrying every error line.
 
 pub mod check;
+pub mod doctor;
 pub mod import;
 #[cfg(target_os = "linux")]
 pub mod isolate;
 pub mod policy;
+pub mod scan;
 #[cfg(not(target_os = "linux"))]
 pub mod isolate {
     //! `--isolate` needs Linux namespaces; elsewhere it is a clear error.
@@ -87,6 +89,8 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Import(a) => import::import(a),
+        Command::Scan(a) => scan::scan(a),
+        Command::Doctor(a) => doctor::doctor(a),
         Command::Completions { shell } => completions(shell),
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),

@@ -1,6 +1,6 @@
-//! `kz import` and `kz completions`: a `.env` file moved into the local store and
+//! The everyday tools: `kz import` (a `.env` file moved into the local store and
 //! `.keyzero.toml` without a value ever printed; conflicts listed and left alone; `--remove`;
-//! a failure part-way leaves the store as it was. Completion scripts for each shell.
+//! a failure part-way leaves the store as it was), `kz scan`, `kz doctor`, `kz completions`.
 
 use crate::util::{run, Sandbox};
 
@@ -126,4 +126,107 @@ fn completion_scripts_for_each_shell() {
     assert!(ok.success(), "the bash script parses");
     let (code, _, err) = run(sb.kz().args(["completions", "tcsh"]));
     assert_eq!(code, 2, "{err}");
+}
+
+/// `kz scan`: every file and line where a resolved value appears, in which form, by name only;
+/// `.gitignore` honoured, binary files only with `--binary`, `--stdin` for a stream.
+#[test]
+fn scan_finds_leaked_values_by_name_and_form() {
+    use base64::Engine;
+    let sb = Sandbox::new();
+    let value = "sk-leaked-0123456789/abcdef";
+    sb.store("leaked", value);
+    sb.config("[secrets]\nOPENAI_API_KEY = { provider = \"local\", ref = \"leaked\" }\n");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("u:{value}"));
+    sb.write("logs/run.log", &format!("start\nusing key {value}\nend\n"));
+    sb.write(
+        "transcripts/t.jsonl",
+        &format!("{{\"auth\":\"Basic {b64}\"}}\n{{\"ok\":1}}\n{{\"url\":\"https://x/?k=sk-leaked-0123456789%2Fabcdef\"}}\n"),
+    );
+    sb.write("clean.txt", "nothing to see\n");
+    sb.write(".gitignore", "ignored/\n");
+    sb.write("ignored/secret.txt", value);
+    let mut bin = vec![0u8, 1, 2];
+    bin.extend_from_slice(value.as_bytes());
+    std::fs::write(sb.path().join("blob.bin"), &bin).unwrap();
+    let (code, out, err) = run(sb.kz().arg("scan"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains(value) && !err.contains(value), "{out}{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "logs/run.log:2: OPENAI_API_KEY (raw)",
+            "transcripts/t.jsonl:1: OPENAI_API_KEY (base64)",
+            "transcripts/t.jsonl:3: OPENAI_API_KEY (percent-encoded)",
+        ],
+        "{err}"
+    );
+    let (code, out, _) = run(sb.kz().args(["scan", "--binary", "blob.bin"]));
+    assert_eq!((code, out.trim()), (1, "blob.bin:1: OPENAI_API_KEY (raw)"));
+    let (code, out, _) = run(sb.kz().args(["scan", "clean.txt"]));
+    assert_eq!((code, out.as_str()), (0, ""));
+    let mut c = sb.kz();
+    c.args(["scan", "--stdin"]);
+    let (code, out, _) = crate::util::run_with_stdin(
+        &mut c,
+        &format!(
+            "line one\nhex {}\n",
+            value
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    );
+    assert_eq!((code, out.trim()), (1, "<stdin>:2: OPENAI_API_KEY (hex)"));
+}
+
+/// `kz doctor`: one line per check with its status and fix, never a value; exit 1 when a
+/// configured provider cannot work; `--json` for machines.
+#[test]
+fn doctor_reports_each_check_and_fails_on_a_broken_provider() {
+    let sb = Sandbox::new();
+    sb.store("k", "doctor-secret-value-123");
+    sb.config(
+        "[secrets]\nK = { provider = \"local\", ref = \"k\", hosts = [\"api.example.com\"] }\n",
+    );
+    let (code, out, err) = run(sb.kz().arg("doctor"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    provider local: 1 secret(s) resolved"),
+        "{out}"
+    );
+    assert!(out.contains("ok    config: "), "{out}");
+    assert!(out.contains("local store: 1 secret(s)"), "{out}");
+    assert!(!out.contains("doctor-secret-value-123"));
+    // A Vault nobody serves: that provider fails, the exit status says so.
+    let port = crate::util::free_port();
+    sb.config(&format!("[secrets]\nK = {{ provider = \"local\", ref = \"k\" }}\nV = {{ provider = \"vault\", ref = \"secret/data/x\" }}\n[providers.vault]\naddress = \"http://127.0.0.1:{port}\"\n"));
+    let (code, out, _) = run(sb.kz().args(["doctor", "--json"]).env("VAULT_TOKEN", "t"));
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = |name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {out}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("provider vault"), "fail");
+    assert_eq!(status("provider local"), "ok");
+    assert_eq!(status("blind mode"), "warn");
+    for name in [
+        "user namespaces",
+        "firewall in a namespace",
+        "runtime directory",
+        "CA variables (blind)",
+        "node",
+    ] {
+        assert!(["ok", "warn", "fail"].contains(&status(name).as_str()));
+    }
+    assert!(!out.contains("doctor-secret-value-123"));
 }
