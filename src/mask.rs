@@ -40,23 +40,32 @@ pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
     // at any of three byte alignments; the characters it alone determines are the same there.
     if value.len() >= MIN_UNALIGNED_LEN {
         for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-            for shift in 1..3usize {
-                let mut shifted = Zeroizing::new(vec![0u8; shift]);
-                shifted.extend_from_slice(value.as_bytes());
-                let enc = Zeroizing::new(engine.encode(&shifted[..]).into_bytes());
-                let first = (8 * shift).div_ceil(6);
-                let last = (8 * (shift + value.len())) / 6;
-                if last > first {
-                    out.push(Zeroizing::new(enc[first..last].to_vec()));
-                }
-            }
-            let enc = Zeroizing::new(engine.encode(value).into_bytes());
-            let last = (8 * value.len()) / 6;
-            out.push(Zeroizing::new(enc[..last].to_vec()));
+            out.extend(base64_fragments(engine, value));
         }
     }
     let mut seen = HashSet::new();
     out.retain(|f| f.len() >= MIN_MASK_LEN && seen.insert(f.to_vec()));
+    out
+}
+
+/// The base64 characters `value` alone determines when it starts at each of the three byte
+/// alignments inside a longer encoded text.
+pub fn base64_fragments(
+    engine: &base64::engine::GeneralPurpose,
+    value: &str,
+) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for shift in 0..3usize {
+        let mut shifted = Zeroizing::new(vec![0u8; shift]);
+        shifted.extend_from_slice(value.as_bytes());
+        let enc = Zeroizing::new(engine.encode(&shifted[..]).into_bytes());
+        let first = (8 * shift).div_ceil(6);
+        let last = (8 * (shift + value.len())) / 6;
+        if last > first {
+            out.push(Zeroizing::new(enc[first..last].to_vec()));
+        }
+    }
     out
 }
 

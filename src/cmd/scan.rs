@@ -39,15 +39,8 @@ pub fn labelled_forms(value: &str) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
             ("base64", &STANDARD_NO_PAD),
             ("base64url", &URL_SAFE_NO_PAD),
         ] {
-            for shift in 0..3usize {
-                let mut shifted = Zeroizing::new(vec![0u8; shift]);
-                shifted.extend_from_slice(value.as_bytes());
-                let enc = Zeroizing::new(engine.encode(&shifted[..]).into_bytes());
-                let first = (8 * shift).div_ceil(6);
-                let last = (8 * (shift + value.len())) / 6;
-                if last > first {
-                    out.push((label, z(enc[first..last].to_vec())));
-                }
+            for f in crate::mask::base64_fragments(engine, value) {
+                out.push((label, f));
             }
         }
     }
