@@ -4,7 +4,7 @@
 
 use crate::util::{run, Sandbox};
 
-const DOTENV: &str = "# the project's secrets\nexport OPENAI_API_KEY=sk-import-0123456789abcdef\nGH_TOKEN='ghp_single_quoted_value_42'\nPEM=\"-----BEGIN KEY-----\nline-two-of-the-pem\n-----END KEY-----\"\nEMPTY=\n";
+const DOTENV: &str = "# the project's secrets\nexport OPENAI_API_KEY=sk-import-0123456789abcdef\nGH_TOKEN=first-value-is-replaced\nGH_TOKEN='ghp_single_quoted_value_42' # a later line wins\nPEM=\"-----BEGIN KEY-----\nline-two-of-the-pem\n-----END KEY-----\"\nEMPTY=\n";
 
 fn assert_no_values(text: &str) {
     for v in [
@@ -229,4 +229,51 @@ fn doctor_reports_each_check_and_fails_on_a_broken_provider() {
         assert!(["ok", "warn", "fail"].contains(&status(name).as_str()));
     }
     assert!(!out.contains("doctor-secret-value-123"));
+}
+
+/// As an ordinary user `--isolate` runs rootless (user namespaces here); with user namespaces
+/// disabled (`user.max_user_namespaces = 0` inside a throwaway user namespace) doctor names
+/// the cause. Needs namespaces (root in CI).
+#[test]
+fn doctor_as_an_ordinary_user_and_with_user_namespaces_disabled() {
+    if !crate::isolate::privileged() || !nix::unistd::getuid().is_root() {
+        if std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("root needed for this test but KZ_REQUIRE_PRIVILEGED=1");
+        }
+        return;
+    }
+    let sb = Sandbox::new();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let kz = crate::util::kz_bin();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+        .arg(format!("HOME={}", sb.path().display()))
+        .arg(&kz)
+        .arg("doctor")
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok    user namespaces: --isolate runs rootless"),
+        "{text}"
+    );
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && HOME={} {} doctor",
+        sb.path().display(),
+        kz.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-U", "-r", "sh", "-c", &script])
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warn  user namespaces: user.max_user_namespaces = 0")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
