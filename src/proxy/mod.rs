@@ -6,6 +6,7 @@ pub mod body;
 pub mod ca;
 pub mod certdir;
 pub mod dns;
+pub mod h2serve;
 pub mod intercept;
 pub mod resign;
 pub mod session;
@@ -26,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
@@ -344,24 +345,14 @@ pub async fn serve_intercepted<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
     if h2 {
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let fut = intercept::intercepted(
-                proxy.clone(),
-                dest.clone(),
-                misdirected.clone(),
-                None,
-                req.map(intercept::incoming),
-            );
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc)
-            .await;
+        let handler = move |req: Request<Body>| {
+            intercept::intercepted(proxy.clone(), dest.clone(), misdirected.clone(), None, req)
+        };
+        h2serve::serve(tls, handler).await;
         return;
     }
+    let io = TokioIo::new(tls);
     let (lane, mut conns) = intercept::Lane::new();
     let svc = service_fn(move |req: Request<Incoming>| {
         let fut = intercept::intercepted(

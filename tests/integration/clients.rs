@@ -132,3 +132,27 @@ fn a_body_silent_longer_than_response_timeout_is_cut() {
         "cut after the idle limit, not the 20 s wait: {took:?}"
     );
 }
+
+/// An HTTP/2 upload with `Expect: 100-continue` gets its `100` at once (curl would otherwise
+/// wait a second before sending the body).
+#[test]
+fn an_http2_upload_expecting_100_continue_does_not_stall() {
+    let b = Blind::new();
+    b.sb.write("upload.bin", &"u".repeat(300_000));
+    let (code, out, err) = b.run_sh(
+        r#"for i in 1 2 3; do curl -sS --fail --http2 -o /dev/null -w '%{http_version} %{time_total}\n' -H "Authorization: Bearer $GH" -H "Expect: 100-continue" --data-binary @upload.bin "$UP/echo"; done"#,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('2')).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for l in &lines {
+        let t: f64 = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(t < 0.8, "an upload waited for 100-continue: {out}");
+    }
+    let seen = b.up.last();
+    assert_eq!(seen.body.len(), 300_000);
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_GH}").as_str())
+    );
+}
