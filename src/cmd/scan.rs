@@ -16,6 +16,11 @@ use crate::cli::ScanArgs;
 
 const EXIT_FOUND: u8 = 1;
 
+/// Line, secret name, form.
+type Finding = (usize, String, &'static str);
+/// A file's shown path and its findings.
+type FileFindings = (String, Vec<Finding>);
+
 /// Every form of `value` kz looks for, each with its name. Forms shorter than the masking
 /// minimum are left out (they would match ordinary text).
 pub fn labelled_forms(value: &str) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
@@ -173,32 +178,54 @@ pub fn scan(a: ScanArgs) -> Outcome {
         for r in &roots[1..] {
             walk.add(r);
         }
-        // kz's own config names refs, not values; scanning it is harmless, so no exclusions.
-        for entry in walk.build() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("kz: {e}");
-                    continue;
+        // Files are read and scanned on every core; findings are printed sorted by path.
+        let results: std::sync::Mutex<Vec<FileFindings>> = std::sync::Mutex::new(Vec::new());
+        let scanner = &scanner;
+        let binary = a.binary;
+        walk.build_parallel().run(|| {
+            let results = &results;
+            Box::new(move |entry| {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("kz: {e}");
+                        return ignore::WalkState::Continue;
+                    }
+                };
+                if !entry.file_type().is_some_and(|t| t.is_file()) {
+                    return ignore::WalkState::Continue;
                 }
-            };
-            if !entry.file_type().is_some_and(|t| t.is_file()) {
-                continue;
-            }
-            let path = entry.path();
-            let data = match std::fs::read(path) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("kz: {}: {}", path.display(), crate::config::io_reason(&e));
-                    continue;
+                let path = entry.path();
+                let data = match std::fs::read(path) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("kz: {}: {}", path.display(), crate::config::io_reason(&e));
+                        return ignore::WalkState::Continue;
+                    }
+                };
+                if !binary && looks_binary(&data) {
+                    return ignore::WalkState::Continue;
                 }
-            };
-            if !a.binary && looks_binary(&data) {
-                continue;
-            }
-            let f = scanner.scan(&data);
+                let f: Vec<Finding> = scanner
+                    .scan(&data)
+                    .into_iter()
+                    .map(|(l, n, form)| (l, n.to_string(), form))
+                    .collect();
+                if !f.is_empty() {
+                    results.lock().unwrap().push((shown(path), f));
+                }
+                ignore::WalkState::Continue
+            })
+        });
+        let mut results = results.into_inner().unwrap();
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, f) in &results {
             found += f.len();
-            report(&shown(path), &f);
+            let f: Vec<(usize, &str, &'static str)> = f
+                .iter()
+                .map(|(l, n, form)| (*l, n.as_str(), *form))
+                .collect();
+            report(path, &f);
         }
     }
     if found > 0 {
