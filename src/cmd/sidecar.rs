@@ -92,7 +92,8 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
         );
         std::fs::create_dir_all(&a.share_dir)
             .map_err(|e| Failure::new(EXIT_KZ, format!("{}: {e}", a.share_dir.display())))?;
-        write_ca_files(&proxy, &a.share_dir, 0o644, None).map_err(|e| Failure::new(EXIT_KZ, e))?;
+        write_ca_files(&proxy, &a.share_dir, 0o644, None, true)
+            .map_err(|e| Failure::new(EXIT_KZ, e))?;
         let tokens: String = proxy
             .table
             .secrets

@@ -422,7 +422,8 @@ pub fn reserve_buffer(len: u64) -> Option<tokio::sync::SemaphorePermit<'static>>
 pub struct Idle {
     inner: Body,
     limit: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Armed only while the body waits for data (most bodies never wait: no timer at all).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Idle {
@@ -430,7 +431,7 @@ impl Idle {
         Idle {
             inner,
             limit,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
         }
         .boxed()
     }
@@ -446,18 +447,23 @@ impl HttpBody for Idle {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.limit;
-                self.timer.as_mut().reset(deadline);
+                self.timer = None;
                 Poll::Ready(frame)
             }
-            Poll::Pending => match std::future::Future::poll(self.timer.as_mut(), cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Some(Err(
-                        format!("no data for {}s", self.limit.as_secs()).into()
-                    )))
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(
+                            Err(format!("no data for {}s", limit.as_secs()).into()),
+                        ))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 

@@ -157,10 +157,41 @@ pub fn subject_hash(der: &[u8]) -> Option<u32> {
 }
 
 /// Writes `certs` into `dir` as `<hash>.<n>` PEM files (and `ca-certificates.crt`, the whole
-/// bundle, so the directory can stand in for `/etc/ssl/certs`).
-pub fn write(dir: &Path, certs: &[CertificateDer<'_>], bundle_pem: &str) -> Result<(), String> {
+/// bundle, so the directory can stand in for `/etc/ssl/certs`), files with `mode` and the
+/// directory readable the same way.
+pub fn write(
+    dir: &Path,
+    certs: &[CertificateDer<'_>],
+    bundle_pem: &str,
+    mode: u32,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let dir_mode = if mode & 0o044 != 0 { 0o755 } else { 0o700 };
+    std::fs::DirBuilder::new()
+        .mode(dir_mode)
+        .create(dir)
+        .map_err(io)?;
+    // Shared with other users (the sidecar's volume): set the modes outright, whatever the
+    // umask; private files only ever lose bits to it.
+    let shared = mode & 0o044 != 0;
+    if shared {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).map_err(io)?;
+    }
+    let put = |name: &str, text: &[u8]| -> Result<(), String> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(dir.join(name))
+            .map_err(io)?;
+        if shared {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io)?;
+        }
+        f.write_all(text).map_err(io)
+    };
     let mut used = std::collections::HashMap::<u32, u32>::new();
     for c in certs {
         let Some(h) = subject_hash(c.as_ref()) else {
@@ -168,11 +199,10 @@ pub fn write(dir: &Path, certs: &[CertificateDer<'_>], bundle_pem: &str) -> Resu
         };
         let n = used.entry(h).or_insert(0);
         let pem = super::ca::pem_encode(std::slice::from_ref(c));
-        std::fs::write(dir.join(format!("{h:08x}.{n}")), pem).map_err(io)?;
+        put(&format!("{h:08x}.{n}"), pem.as_bytes())?;
         *n += 1;
     }
-    std::fs::write(dir.join("ca-certificates.crt"), bundle_pem).map_err(io)?;
-    Ok(())
+    put("ca-certificates.crt", bundle_pem.as_bytes())
 }
 
 #[cfg(test)]

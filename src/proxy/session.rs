@@ -20,6 +20,8 @@ pub struct Session {
     pub proxy: Arc<Proxy>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `SSL_CERT_DIR` for the child.
+    cert_dirs: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,17 +71,33 @@ pub async fn start(
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&tmp)
         .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
+    // Under --isolate the hashed directory stands in for /etc/ssl/certs, so it holds every
+    // root; otherwise it holds kz's CA alone and SSL_CERT_DIR lists the system's directory
+    // after it (a colon-separated list, as OpenSSL and Go read it), which spares writing a
+    // file per root on every run.
+    let system_dir = if transparent {
+        None
+    } else {
+        system_cert_dir(&crate::env::ProcessEnv)
+    };
     write_ca_files(
         &proxy,
         dir.path(),
         0o600,
         user_wgetrc(&crate::env::ProcessEnv).as_deref(),
+        system_dir.is_none(),
     )?;
+    let own = dir.path().join("certs").to_string_lossy().into_owned();
+    let cert_dirs = match system_dir {
+        Some(sys) => format!("{own}:{}", sys.display()),
+        None => own,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(super::run(listener, proxy.clone(), async move {
         let _ = stopped.await;
     }));
     Ok(Session {
+        cert_dirs,
         proxy,
         port,
         dir,
@@ -118,14 +136,26 @@ fn remove_stale_dirs(tmp: &std::path::Path) {
     }
 }
 
+/// The system's hashed certificate directory: the user's `SSL_CERT_DIR`, else the usual
+/// places (Debian, Fedora/RHEL).
+pub fn system_cert_dir(env: &dyn Env) -> Option<std::path::PathBuf> {
+    env.nonempty("SSL_CERT_DIR")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(["/etc/ssl/certs", "/etc/pki/tls/certs"].map(std::path::PathBuf::from))
+        .find(|d| d.is_dir())
+}
+
 /// Writes `ca-bundle.pem` (system roots + kz's CA), `kz-ca.pem`, the hashed directory
-/// `certs/` (for `SSL_CERT_DIR` and `/etc/ssl/certs`) and a `wgetrc` naming the bundle into
-/// `dir`. `user_wgetrc` (the user's own settings) is kept in front.
+/// `certs/` (for `SSL_CERT_DIR` and `/etc/ssl/certs`: every root with `all_roots`, else kz's CA
+/// alone) and a `wgetrc` naming the bundle into `dir`. `user_wgetrc` (the user's own
+/// settings) is kept in front.
 pub fn write_ca_files(
     proxy: &Proxy,
     dir: &std::path::Path,
     mode: u32,
     user_wgetrc: Option<&str>,
+    all_roots: bool,
 ) -> Result<(), String> {
     let ca_pem = proxy.ca.cert_pem();
     let mut bundle = ca::pem_encode(crate::http::system_roots());
@@ -141,22 +171,16 @@ pub fn write_ca_files(
         let _ = std::fs::remove_file(&path);
         write_private(&path, text, mode)?;
     }
-    let mut certs: Vec<_> = crate::http::system_roots().to_vec();
+    let mut certs: Vec<_> = if all_roots {
+        crate::http::system_roots().to_vec()
+    } else {
+        Vec::new()
+    };
     certs.push(proxy.ca.cert_der());
     let cert_dir = dir.join("certs");
-    super::certdir::write(&cert_dir, &certs, &bundle)?;
-    let dir_mode = if mode & 0o044 != 0 { 0o755 } else { 0o700 };
-    let file_mode = mode;
-    use std::os::unix::fs::PermissionsExt;
-    let set = |p: &std::path::Path, m: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    set(&cert_dir, dir_mode)?;
-    for e in std::fs::read_dir(&cert_dir).map_err(|e| e.to_string())? {
-        set(&e.map_err(|e| e.to_string())?.path(), file_mode)?;
-    }
-    Ok(())
+    // A sidecar writes again into the same shared volume after a restart.
+    let _ = std::fs::remove_dir_all(&cert_dir);
+    super::certdir::write(&cert_dir, &certs, &bundle, mode)
 }
 
 /// The user's own wget settings (`$WGETRC`, else `~/.wgetrc`), kept in the generated one.
@@ -308,7 +332,7 @@ impl Session {
         let (bundle, ca_only, cert_dir, wgetrc) = (
             path("ca-bundle.pem"),
             path("kz-ca.pem"),
-            path("certs"),
+            self.cert_dirs.clone(),
             path("wgetrc"),
         );
         let files = crate::blind::env::CaFiles {
