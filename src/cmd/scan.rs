@@ -274,5 +274,17 @@ mod tests {
             "(JSON of this value is the value itself)"
         );
         assert!(s.scan(b"nothing here\n").is_empty());
+        // A value whose base64 differs between the alphabets is named by the one found.
+        let odd = "key?>?>?>?>value";
+        let s = Scanner::new(&[("ODD".into(), Zeroizing::new(odd.into()))]).unwrap();
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(odd);
+        let std = base64::engine::general_purpose::STANDARD.encode(odd);
+        assert_ne!(url, std);
+        let forms: Vec<&str> = s
+            .scan(format!("{url}\n{std}\n").as_bytes())
+            .into_iter()
+            .map(|(_, _, f)| f)
+            .collect();
+        assert_eq!(forms, ["base64url", "base64"]);
     }
 }

@@ -138,10 +138,13 @@ fn scan_finds_leaked_values_by_name_and_form() {
     sb.store("leaked", value);
     sb.config("[secrets]\nOPENAI_API_KEY = { provider = \"local\", ref = \"leaked\" }\n");
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("u:{value}"));
+    let hex: String = value.bytes().map(|b| format!("{b:02X}")).collect();
+    // URL-safe base64, inside a longer text.
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{value}??>"));
     sb.write("logs/run.log", &format!("start\nusing key {value}\nend\n"));
     sb.write(
         "transcripts/t.jsonl",
-        &format!("{{\"auth\":\"Basic {b64}\"}}\n{{\"ok\":1}}\n{{\"url\":\"https://x/?k=sk-leaked-0123456789%2Fabcdef\"}}\n"),
+        &format!("{{\"auth\":\"Basic {b64}\"}}\n{{\"ok\":1}}\n{{\"url\":\"https://x/?k=sk-leaked-0123456789%2Fabcdef\"}}\n{{\"json\":\"sk-leaked-0123456789\\/abcdef\"}}\n{{\"hex\":\"{hex}\"}}\n{{\"b64url\":\"{url}\"}}\n"),
     );
     sb.write("clean.txt", "nothing to see\n");
     sb.write(".gitignore", "ignored/\n");
@@ -160,6 +163,10 @@ fn scan_finds_leaked_values_by_name_and_form() {
             "logs/run.log:2: OPENAI_API_KEY (raw)",
             "transcripts/t.jsonl:1: OPENAI_API_KEY (base64)",
             "transcripts/t.jsonl:3: OPENAI_API_KEY (percent-encoded)",
+            "transcripts/t.jsonl:4: OPENAI_API_KEY (json-escaped)",
+            "transcripts/t.jsonl:5: OPENAI_API_KEY (hex)",
+            // This value's own characters encode the same in both alphabets: named base64.
+            "transcripts/t.jsonl:6: OPENAI_API_KEY (base64)",
         ],
         "{err}"
     );
