@@ -105,9 +105,7 @@ pub fn client_hello_sni(data: &[u8]) -> Result<Option<String>, Incomplete> {
                 let n = l.u16()?;
                 let name = l.take(n)?;
                 if name_type == 0 {
-                    return Ok(std::str::from_utf8(name)
-                        .ok()
-                        .map(|s| s.to_ascii_lowercase()));
+                    return Ok(std::str::from_utf8(name).ok().map(host_of_sni));
                 }
             }
         }
@@ -145,6 +143,20 @@ fn http_host(data: &[u8]) -> Peeked {
     Peeked::Http(None)
 }
 
+/// The host a server name stands for, lower-cased: some clients (Go programs given
+/// `host:port` as their TLS server name) send the port along; it is not part of the name.
+pub fn host_of_sni(name: &str) -> String {
+    let name = match name.rsplit_once(':') {
+        Some((h, p))
+            if !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        _ => name,
+    };
+    name.to_ascii_lowercase()
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -161,6 +173,14 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_port_in_the_server_name_is_not_part_of_the_host() {
+        assert_eq!(host_of_sni("API.example.com:443"), "api.example.com");
+        assert_eq!(host_of_sni("api.example.com"), "api.example.com");
+        assert_eq!(host_of_sni("2001:db8::1"), "2001:db8::1");
+        assert_eq!(host_of_sni("host:"), "host:");
     }
 
     #[test]
