@@ -174,6 +174,30 @@ fn swap_head(
     })
 }
 
+/// Reads a request body of announced length `l` whole, within the shared buffer ceiling;
+/// returns the bytes and this request's share of the ceiling (held until the exchange ends).
+async fn read_whole(
+    proxy: &Proxy,
+    dest: &Dest,
+    body: Body,
+    l: u64,
+) -> Result<(Bytes, impl Sized), Response<Body>> {
+    let Some(share) = reserve_buffer(l) else {
+        return Err(proxy.refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &dest.host,
+            "too many large bodies in flight; try again",
+        ));
+    };
+    match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
+        Ok(d) => Ok((d, share)),
+        Err(e) => Err(text_response(
+            StatusCode::BAD_REQUEST,
+            &format!("kz: reading request body: {e}\n"),
+        )),
+    }
+}
+
 fn refuse_token(proxy: &Proxy, dest: &Dest, index: usize) -> Response<Body> {
     let s = &proxy.table.secrets[index];
     let reason = if !dest.tls && s.bound_to(&dest.host, dest.port) {
@@ -378,26 +402,18 @@ async fn intercepted_inner(
         let (body, hash) = match super::resign::payload_hash(&parts.headers, &sig, None) {
             Some(h) => (body, h),
             None => {
-                let Some(share) = length
-                    .filter(|l| *l <= MAX_BUFFERED_REQUEST)
-                    .and_then(reserve_buffer)
-                else {
+                let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) else {
                     return proxy.refuse(
                         StatusCode::FORBIDDEN,
                         &dest.host,
                         "an AWS-signed body kz cannot hash to check the signature (no x-amz-content-sha256, and no modest Content-Length)",
                     );
                 };
-                _buffered = Some(share);
-                let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        return text_response(
-                            StatusCode::BAD_REQUEST,
-                            &format!("kz: reading request body: {e}\n"),
-                        )
-                    }
+                let (data, share) = match read_whole(&proxy, &dest, body, l).await {
+                    Ok(r) => r,
+                    Err(resp) => return resp,
                 };
+                _buffered = Some(share);
                 let h = crate::provider::sigv4::sha256_hex(&data);
                 (full(data), h)
             }
@@ -443,23 +459,11 @@ async fn intercepted_inner(
     } else if let Some(l) = length.filter(|l| *l <= MAX_BUFFERED_REQUEST) {
         // Known and modest length: read whole (within the shared ceiling), so the length stays
         // exact and nothing is sent before the body is checked.
-        let Some(share) = reserve_buffer(l) else {
-            return proxy.refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &dest.host,
-                "too many large bodies in flight; try again",
-            );
+        let (data, share) = match read_whole(&proxy, &dest, body, l).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
         };
         _buffered = Some(share);
-        let data = match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
-            Ok(d) => d,
-            Err(e) => {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("kz: reading request body: {e}\n"),
-                )
-            }
-        };
         let data = if encoded {
             // Compressed: decoded and checked on the side, then passed as it came.
             match decode_all(&request_codings, &data).map(|plain| set.replace_all(&plain)) {
