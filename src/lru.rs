@@ -1,6 +1,7 @@
 //! A small bounded cache that evicts the least recently used entry, for per-host state that a
 //! hostile client could otherwise grow without limit (one entry per host name it invents).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -19,7 +20,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         }
     }
 
-    pub fn get(&mut self, k: &K) -> Option<V> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         self.tick += 1;
         let tick = self.tick;
         self.map.get_mut(k).map(|(v, used)| {
@@ -51,6 +55,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
     }
 }
 

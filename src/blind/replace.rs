@@ -300,13 +300,35 @@ impl PatternSet {
         self.hits(data).into_iter().map(|h| h.idx).collect()
     }
 
-    /// Whether any pattern occurs in `data`.
+    /// Whether any pattern occurs in `data`. A wrapped match needs a line break between pattern
+    /// bytes, so text without one is settled by the main automaton alone (one pass).
     pub fn is_match(&self, data: &[u8]) -> bool {
-        self.main.ac.is_match(data) || (self.wrapped.is_some() && !self.hits(data).is_empty())
+        self.main.ac.is_match(data)
+            || (self.wrapped.is_some()
+                && self.break_between_pattern_bytes(data, false)
+                && !self.hits(data).is_empty())
     }
 
     /// Replaces every pattern in a complete buffer; `Err(index)` for a forbidden pattern.
     pub fn replace_all(self: &Arc<Self>, data: &[u8]) -> Result<Option<Vec<u8>>, usize> {
+        self.replace_inner(data, None)
+    }
+
+    /// As `replace_all`, and adds the index of every pattern replaced to `seen` (one pass,
+    /// where `replace_all` followed by `indices` would scan twice).
+    pub fn replace_noting(
+        self: &Arc<Self>,
+        data: &[u8],
+        seen: &mut std::collections::BTreeSet<usize>,
+    ) -> Result<Option<Vec<u8>>, usize> {
+        self.replace_inner(data, Some(seen))
+    }
+
+    fn replace_inner(
+        self: &Arc<Self>,
+        data: &[u8],
+        mut seen: Option<&mut std::collections::BTreeSet<usize>>,
+    ) -> Result<Option<Vec<u8>>, usize> {
         if self.wrapped.is_some() && data.len() > WHOLE_BUFFER {
             let mut s = self.stream();
             let mut out = Vec::with_capacity(data.len() + 64);
@@ -314,15 +336,22 @@ impl PatternSet {
                 s.push(chunk, &mut out)?;
             }
             s.finish(&mut out)?;
+            if let Some(seen) = seen {
+                seen.extend(s.seen.iter().copied());
+            }
             return Ok((!s.seen.is_empty()).then_some(out));
         }
-        if !self.is_match(data) {
+        let hits = self.hits(data);
+        if hits.is_empty() {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(data.len() + 64);
         let mut last = 0;
-        for h in self.hits(data) {
+        for h in hits {
             let rep = self.replacements[h.idx].as_ref().ok_or(h.idx)?;
+            if let Some(seen) = seen.as_deref_mut() {
+                seen.insert(h.idx);
+            }
             out.extend_from_slice(&data[last..h.start]);
             out.extend_from_slice(rep);
             last = h.end;

@@ -101,21 +101,15 @@ fn swap_head(
         Some((p, q)) => (p, Some(q)),
         None => (pq, None),
     };
-    let mut path_and_query = match swap.path.replace_all(path.as_bytes())? {
-        Some(v) => {
-            seen.extend(swap.path.indices(path.as_bytes()));
-            String::from_utf8(v).expect("percent-encoded values are ascii")
-        }
+    let mut path_and_query = match swap.path.replace_noting(path.as_bytes(), &mut seen)? {
+        Some(v) => String::from_utf8(v).expect("percent-encoded values are ascii"),
         None => path.to_string(),
     };
     if let Some(q) = query {
         path_and_query.push('?');
-        match swap.query.replace_all(q.as_bytes())? {
-            Some(v) => {
-                seen.extend(swap.query.indices(q.as_bytes()));
-                path_and_query
-                    .push_str(&String::from_utf8(v).expect("percent-encoded values are ascii"));
-            }
+        match swap.query.replace_noting(q.as_bytes(), &mut seen)? {
+            Some(v) => path_and_query
+                .push_str(&String::from_utf8(v).expect("percent-encoded values are ascii")),
             None => path_and_query.push_str(q),
         }
     }
@@ -157,8 +151,7 @@ fn swap_head(
                 bytes = v;
             }
         }
-        if let Some(v) = swap.headers.replace_all(&bytes)? {
-            seen.extend(swap.headers.indices(&bytes));
+        if let Some(v) = swap.headers.replace_noting(&bytes, &mut seen)? {
             bytes = v;
         }
         // A value with bytes a header cannot carry is refused rather than mangled.
@@ -316,7 +309,10 @@ async fn intercepted_inner(
             return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, STALE_REASON)
         }
     };
-    head.shown_path = proxy.table.redact(parts.uri.path());
+    // Only an audit line shows the path (tokens as `{NAME}`): no work for it otherwise.
+    if proxy.audit.enabled() {
+        head.shown_path = proxy.table.redact(parts.uri.path());
+    }
     if let Some(on_client) = client_upgrade {
         return websocket(proxy, dest, parts.method, head, on_client, start).await;
     }
@@ -478,12 +474,9 @@ async fn intercepted_inner(
                 }
             }
         } else {
-            match set.replace_all(&data) {
+            match set.replace_noting(&data, &mut seen.lock().unwrap()) {
                 Err(i) => return refuse_token(&proxy, &dest, i),
-                Ok(Some(v)) => {
-                    seen.lock().unwrap().extend(set.indices(&data));
-                    Bytes::from(v)
-                }
+                Ok(Some(v)) => Bytes::from(v),
                 Ok(None) => data,
             }
         };
@@ -509,7 +502,19 @@ async fn intercepted_inner(
 
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = match format!("{scheme}://{authority}{path_and_query}").parse() {
+    // A lane's own connection sends the target as given, so it gets the origin form and a
+    // `Host`; the pooled client takes the absolute form.
+    let target = match &lane {
+        Some(_) => match HeaderValue::from_str(&authority) {
+            Ok(h) => {
+                headers.insert(HOST, h);
+                path_and_query.parse()
+            }
+            Err(_) => return text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"),
+        },
+        None => format!("{scheme}://{authority}{path_and_query}").parse(),
+    };
+    *up.uri_mut() = match target {
         Ok(u) => u,
         Err(_) => return text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"),
     };
@@ -601,18 +606,23 @@ async fn intercepted_inner(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    // The audit line's facts are gathered only when there is an audit log to write them to.
+    let audit_ctx = proxy.audit.enabled().then(|| {
+        (
+            proxy.clone(),
+            dest.clone(),
+            parts.method.to_string(),
+            shown_path,
+            seen.clone(),
+            req_report.clone(),
+        )
+    });
     let audit_line = {
-        let proxy = proxy.clone();
-        let dest = dest.clone();
-        let method = parts.method.to_string();
-        let path = shown_path;
         let status = rparts.status.as_u16();
-        let seen = seen.clone();
-        let req_report = req_report.clone();
         move |bytes_in: u64| {
-            if !proxy.audit.enabled() {
+            let Some((proxy, dest, method, path, seen, req_report)) = audit_ctx else {
                 return;
-            }
+            };
             let names: Vec<Value> = seen
                 .lock()
                 .unwrap()
@@ -945,24 +955,14 @@ impl Lane {
         )
     }
 
+    /// Sends `req` (origin-form target, `Host` set) on this lane's connection.
     fn send<'a>(
         &'a self,
         proxy: &'a Proxy,
         dest: &'a Dest,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> BoxFutRef<'a, Result<Response<Incoming>, BoxError>> {
         Box::pin(async move {
-            // The low-level client sends the target as given: use origin form plus Host.
-            let host = req.uri().authority().map(|a| a.as_str().to_string());
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            *req.uri_mut() = pq.parse()?;
-            if let Some(h) = host {
-                req.headers_mut().insert(HOST, HeaderValue::from_str(&h)?);
-            }
             let mut guard = self.sender.lock().await;
             let mut req = req;
             // One retry: an idle upstream connection may close just as a request is sent, and a

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::config::bundle::Bundle;
 use crate::config::ProviderKind;
 use crate::env::Env;
+use crate::lru::Lru;
 use crate::policy::decide::{decide, Decision, Outcome};
 use crate::policy::glob::canonicalize;
 use crate::policy::jwt::{self, IssuerKeys, Key};
@@ -31,7 +32,17 @@ pub struct Engine {
     pub providers: ProviderSet,
     /// Issuers whose JWKS could not be fetched yet (index, reason); retried in the background.
     pending: std::sync::Mutex<Vec<(usize, String)>>,
+    /// Tokens already verified, by their exact text: claims, `exp`, and when verified. A hit
+    /// skips the signature check and parsing until `exp` (with the same leeway); emptied
+    /// whenever an issuer's keys change, so a key that left a JWKS stops counting at once.
+    verified: std::sync::Mutex<Lru<String, Verified>>,
 }
+
+/// A verified token's claims, the end of its lifetime and when it was verified.
+type Verified = (Arc<Map<String, Value>>, i64, i64);
+
+/// At most this many verified tokens are remembered (least recently used ones leave first).
+const VERIFIED_CACHE: usize = 4096;
 
 /// What a decision was about.
 pub struct Subject<'a> {
@@ -160,6 +171,7 @@ impl Engine {
             refresh,
             providers,
             pending: std::sync::Mutex::new(pending),
+            verified: std::sync::Mutex::new(Lru::new(VERIFIED_CACHE)),
         })
     }
 
@@ -203,7 +215,7 @@ impl Engine {
                     Ok(fresh) => {
                         let mut keys = e.refresh[idx].0.clone();
                         keys.extend(fresh);
-                        e.issuers.write().unwrap()[idx].keys = keys;
+                        e.set_keys(idx, keys);
                         e.pending.lock().unwrap().retain(|(i, _)| *i != idx);
                         eprintln!("kz: issuer {}: keys loaded", e.bundle.issuers[idx].issuer);
                     }
@@ -231,12 +243,45 @@ impl Engine {
             refresh: Vec::new(),
             providers,
             pending: std::sync::Mutex::new(Vec::new()),
+            verified: std::sync::Mutex::new(Lru::new(VERIFIED_CACHE)),
         }
     }
 
     /// Verifies a token. A key id the issuer's JWKS does not (yet) have triggers one refetch,
     /// at most once per `jwks_min_refresh`, then one more try.
-    pub async fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, jwt::JwtError> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Arc<Map<String, Value>>, jwt::JwtError> {
+        if let Some((claims, exp, at)) = self.verified.lock().unwrap().get(token) {
+            // A clock that went back re-verifies (nbf and iat were checked at `at`).
+            if now >= at && now <= exp + jwt::LEEWAY_SECS {
+                return Ok(claims);
+            }
+        }
+        let claims = Arc::new(self.verify_uncached(token, now).await?);
+        if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+            self.verified
+                .lock()
+                .unwrap()
+                .insert(token.to_string(), (claims.clone(), exp, now));
+        }
+        Ok(claims)
+    }
+
+    /// Replaces an issuer's keys and forgets every verified token.
+    fn set_keys(&self, idx: usize, keys: Vec<(Option<String>, Key)>) {
+        let mut issuers = self.issuers.write().unwrap();
+        issuers[idx].keys = keys;
+        self.verified.lock().unwrap().clear();
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Map<String, Value>, jwt::JwtError> {
         let first = jwt::verify(token, &self.issuers.read().unwrap(), now);
         if first != Err(jwt::JwtError::UnknownKid) {
             return first;
@@ -264,12 +309,9 @@ impl Engine {
         let Ok(fresh) = fetch_jwks(cfg).await else {
             return first;
         };
-        {
-            let mut issuers = self.issuers.write().unwrap();
-            let mut keys = self.refresh[idx].0.clone();
-            keys.extend(fresh);
-            issuers[idx].keys = keys;
-        }
+        let mut keys = self.refresh[idx].0.clone();
+        keys.extend(fresh);
+        self.set_keys(idx, keys);
         jwt::verify(token, &self.issuers.read().unwrap(), now)
     }
 
@@ -539,5 +581,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A verified token is remembered only while it is valid: past `exp` (and the leeway) it is
+    /// refused again, and new keys for its issuer make it verify again from scratch.
+    #[test]
+    fn verified_tokens_are_remembered_only_while_valid_and_until_keys_change() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = "identity:\n  issuers:\n  - issuer: i\n    audiences: [a]\n    algorithms: [HS256]\n    secret_env: X\npolicies: []\n";
+        let b =
+            crate::config::bundle::parse_str(text, "b.yaml", std::path::Path::new("/")).unwrap();
+        let env: Arc<dyn Env> = Arc::new(crate::env::MapEnv::from_pairs([("X", "k1")]));
+        let e = rt.block_on(Engine::load(b, env)).unwrap();
+        let now = 1_800_000_000;
+        let token = jwt::sign_hs256(
+            &json!({"iss": "i", "aud": "a", "sub": "s", "exp": now + 600}),
+            b"k1",
+        );
+        let first = rt.block_on(e.verify(&token, now)).unwrap();
+        assert_eq!(first["sub"], "s");
+        assert_eq!(e.verified.lock().unwrap().len(), 1);
+        let again = rt.block_on(e.verify(&token, now + 10)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "second check answered from the cache"
+        );
+        // The same claims under another signature are not the cached token.
+        let forged = jwt::sign_hs256(
+            &json!({"iss": "i", "aud": "a", "sub": "s", "exp": now + 600}),
+            b"wrong",
+        );
+        assert_eq!(
+            rt.block_on(e.verify(&forged, now)),
+            Err(jwt::JwtError::Signature)
+        );
+        // Expired: refused although it is cached.
+        let late = now + 600 + jwt::LEEWAY_SECS + 1;
+        assert_eq!(
+            rt.block_on(e.verify(&token, late)),
+            Err(jwt::JwtError::Expired)
+        );
+        // A clock that went back does not trust the cache either (verified again: still good).
+        assert!(rt.block_on(e.verify(&token, now - 5)).is_ok());
+        // The issuer's key changes: the cached token no longer counts.
+        e.set_keys(0, vec![(None, Key::Hmac(Zeroizing::new(b"k2".to_vec())))]);
+        assert_eq!(
+            rt.block_on(e.verify(&token, now + 20)),
+            Err(jwt::JwtError::Signature)
+        );
     }
 }

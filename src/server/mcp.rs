@@ -21,7 +21,7 @@ use crate::policy::decide::Decision;
 #[derive(Clone)]
 pub struct KzMcp {
     pub engine: Arc<Engine>,
-    pub claims: Map<String, Value>,
+    pub claims: std::sync::Arc<Map<String, Value>>,
     /// Over HTTP, the server: decisions go to its decision log and metrics. Over stdio (where
     /// stdout is the MCP channel) decision-log lines go to stderr.
     pub server: Option<Arc<super::Server>>,
@@ -29,7 +29,7 @@ pub struct KzMcp {
 
 /// The verified claims of an HTTP request to `/mcp`, carried in its extensions.
 #[derive(Clone, Debug)]
-pub struct McpIdentity(pub Map<String, Value>);
+pub struct McpIdentity(pub std::sync::Arc<Map<String, Value>>);
 
 impl KzMcp {
     /// This call's identity: the request's (HTTP) or the session's (stdio).
@@ -186,7 +186,7 @@ impl KzMcp {
     /// A decision-log line: the server's log over HTTP, stderr over stdio.
     pub(crate) fn log(&self, line: Value) {
         match &self.server {
-            Some(server) => (server.log)(&line.to_string()),
+            Some(server) => server.log.write(line.to_string()),
             None => eprintln!("{line}"),
         }
     }

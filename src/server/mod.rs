@@ -4,6 +4,7 @@
 //! text). One JSON decision-log line per decision on stdout. The bundle is reloaded on SIGHUP
 //! and when its file changes; a bad new bundle keeps the old one.
 
+mod decision_log;
 pub mod engine;
 pub mod inject;
 pub mod mcp;
@@ -128,7 +129,7 @@ pub struct Server {
     env: Arc<dyn Env>,
     next_id: AtomicU64,
     /// Where decision-log lines go.
-    pub(crate) log: Box<dyn Fn(&str) + Send + Sync>,
+    pub(crate) log: decision_log::DecisionLog,
     /// The sidecar injector (`POST /inject`), when configured.
     pub inject: Option<inject::InjectConfig>,
     /// MCP over Streamable HTTP at `/mcp`, when enabled.
@@ -198,7 +199,7 @@ impl Server {
             metrics: Metrics::default(),
             env,
             next_id: AtomicU64::new(1),
-            log: Box::new(|line| println!("{line}")),
+            log: decision_log::DecisionLog::stdout(),
             inject,
             mcp: std::sync::OnceLock::new(),
         })
@@ -239,7 +240,7 @@ impl Server {
                     .ok_or_else(|| std::io::Error::other("bundle not loaded"))?;
                 Ok(mcp::KzMcp {
                     engine,
-                    claims: Map::new(),
+                    claims: Default::default(),
                     server: Some(server.clone()),
                 })
             },
@@ -286,7 +287,7 @@ impl Server {
     async fn identify(
         &self,
         req: &Request<Incoming>,
-    ) -> Result<(Arc<Engine>, Map<String, Value>), Response<Body>> {
+    ) -> Result<(Arc<Engine>, Arc<Map<String, Value>>), Response<Body>> {
         let Some(engine) = self.engine() else {
             return Err(json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -318,7 +319,7 @@ impl Server {
         &self,
         engine: &Engine,
         req: &Request<Incoming>,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Arc<Map<String, Value>>, String> {
         let h = req
             .headers()
             .get(AUTHORIZATION)
@@ -373,7 +374,7 @@ impl Server {
             "matched": d.matched,
             "latency_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
         });
-        (self.log)(&line.to_string());
+        self.log.write(line.to_string());
         (d, id)
     }
 
@@ -707,4 +708,6 @@ pub async fn run(
         }
     }
     watcher.abort();
+    // Every decision made so far is on stdout before the process goes.
+    server.log.flush();
 }

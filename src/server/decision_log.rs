@@ -1,0 +1,129 @@
+//! The decision log on stdout, written by one thread of its own: request handlers only queue a
+//! line (a blocking write to a slow pipe never holds a worker thread), and lines queued while a
+//! write was under way go out together in the next one. The queue is bounded; when it is full a
+//! handler waits for room, so no line is ever dropped. `flush` returns once every line queued
+//! before it is written.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
+
+/// Lines that may wait in the queue before handlers wait for the writer.
+const QUEUE: usize = 16 * 1024;
+
+enum Msg {
+    Line(String),
+    Flush(Sender<()>),
+}
+
+pub struct DecisionLog {
+    tx: SyncSender<Msg>,
+}
+
+impl DecisionLog {
+    /// A log writing to stdout.
+    pub fn stdout() -> DecisionLog {
+        DecisionLog::to(std::io::stdout())
+    }
+
+    /// A log writing to `out` (tests use a pipe or a buffer).
+    pub fn to(out: impl Write + Send + 'static) -> DecisionLog {
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("kz-decision-log".into())
+            .spawn(move || write_all(rx, out))
+            .expect("spawn the decision-log writer");
+        DecisionLog { tx }
+    }
+
+    /// Queues one line (without its newline).
+    pub fn write(&self, line: String) {
+        let _ = self.tx.send(Msg::Line(line));
+    }
+
+    /// Waits until every line queued so far has been written out.
+    pub fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+}
+
+fn write_all(rx: Receiver<Msg>, out: impl Write) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        // Everything already queued joins this write.
+        while let Some(m) = next {
+            match m {
+                Msg::Line(mut l) => {
+                    l.push('\n');
+                    if out.write_all(l.as_bytes()).is_err() {
+                        eprintln!("kz: decision log: write failed");
+                    }
+                }
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().is_err() {
+            eprintln!("kz: decision log: write failed");
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_arrives_whole_and_in_order_from_many_threads() {
+        let out = Shared::default();
+        let log = Arc::new(DecisionLog::to(out.clone()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        log.write(format!("{{\"thread\":{t},\"i\":{i}}}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.flush();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 20_000, "no line lost");
+        for t in 0..4 {
+            let own: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("{{\"thread\":{t},")))
+                .collect();
+            let want: Vec<String> = (0..5000)
+                .map(|i| format!("{{\"thread\":{t},\"i\":{i}}}"))
+                .collect();
+            assert_eq!(own, want, "thread {t}'s lines whole and in order");
+        }
+    }
+}
