@@ -1,7 +1,8 @@
 //! Policy server benchmark: decisions per second and p99 latency, in-process (JWT verify + CEL
 //! decide) and over HTTP keep-alive against `kz server start` with 1,000 distinct identities,
 //! for bundles of 100, 1,000 and 10,000 policies. Baseline in the same run: the in-process cost
-//! of verifying the JWT alone. Run with `cargo bench --bench policy` (or `scripts/bench`).
+//! of verifying the JWT alone. Run with `cargo bench --bench policy` (or `scripts/bench`);
+//! `KZ_BENCH_ROUNDS` rounds (default 3), each printed, then the worst of each figure.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -9,6 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+
+// The allocator the kz binary uses, so the in-process figures are the server's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "bench-shared-secret";
 
@@ -47,7 +52,7 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-fn in_process(policies: usize, dir: &std::path::Path) {
+fn in_process(policies: usize, dir: &std::path::Path) -> (f64, f64) {
     let path = dir.join(format!("b{policies}.yaml"));
     std::fs::write(&path, bundle(policies)).unwrap();
     let b = kz::config::bundle::load(&path).unwrap();
@@ -87,16 +92,17 @@ fn in_process(policies: usize, dir: &std::path::Path) {
         lat.push(s.elapsed());
     }
     let total = t0.elapsed();
+    let rate = n as f64 / total.as_secs_f64();
+    let p99 = percentile(lat, 0.99).as_secs_f64() * 1000.0;
     println!(
-        "in-process, {policies:>5} policies: {:>8.0} decisions/s (jwt verify alone {:>8.0}/s, ratio {:.2}), p99 {:.3} ms",
-        n as f64 / total.as_secs_f64(),
+        "in-process, {policies:>5} policies: {rate:>8.0} decisions/s (jwt verify alone {:>8.0}/s, ratio {:.2}), p99 {p99:.3} ms",
         n as f64 / verify_only.as_secs_f64(),
         verify_only.as_secs_f64() / total.as_secs_f64(),
-        percentile(lat, 0.99).as_secs_f64() * 1000.0
     );
+    (rate, p99)
 }
 
-fn over_http(policies: usize, dir: &std::path::Path) {
+fn over_http(policies: usize, dir: &std::path::Path) -> (f64, f64) {
     let path = dir.join(format!("b{policies}.yaml"));
     std::fs::write(&path, bundle(policies)).unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_kz"))
@@ -164,24 +170,45 @@ fn over_http(policies: usize, dir: &std::path::Path) {
         }
         (all.len(), all, t0.elapsed())
     });
+    let rate = count as f64 / elapsed.as_secs_f64();
+    let p99 = percentile(lat, 0.99).as_secs_f64() * 1000.0;
     println!(
-        "http keep-alive, {policies:>5} policies: {:>8.0} decisions/s, p99 {:.3} ms   (target >= 20000/s, p99 < 2 ms)",
-        count as f64 / elapsed.as_secs_f64(),
-        percentile(lat, 0.99).as_secs_f64() * 1000.0
+        "http keep-alive, {policies:>5} policies: {rate:>8.0} decisions/s, p99 {p99:.3} ms   (target >= 20000/s, p99 < 2 ms)",
     );
     let _ = server.kill();
     let _ = server.wait();
+    (rate, p99)
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // Every target must hold in every round: the summary gives the worst of them.
+    let rounds: usize = std::env::var("KZ_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
-    for p in [100, 1000, 10_000] {
-        in_process(p, dir.path());
+    let (mut local, mut http) = (Vec::new(), Vec::new());
+    for r in 1..=rounds {
+        println!("round {r} of {rounds}");
+        for p in [100, 1000, 10_000] {
+            local.push(in_process(p, dir.path()));
+        }
+        for p in [100, 1000, 10_000] {
+            http.push(over_http(p, dir.path()));
+        }
     }
-    for p in [100, 1000, 10_000] {
-        over_http(p, dir.path());
-    }
+    let worst = |v: &[(f64, f64)]| {
+        (
+            v.iter().map(|x| x.0).fold(f64::INFINITY, f64::min),
+            v.iter().map(|x| x.1).fold(0.0, f64::max),
+        )
+    };
+    let (lr, lp) = worst(&local);
+    let (hr, hp) = worst(&http);
+    println!(
+        "worst of {rounds} rounds: in-process {lr:.0} decisions/s (target >= 100000), p99 {lp:.3} ms; http {hr:.0} decisions/s (target >= 20000), p99 {hp:.3} ms (target < 2)"
+    );
 }

@@ -191,18 +191,22 @@ fn logical(a: &IdedExpr, b: &IdedExpr, decisive: bool, ctx: &Context<'_>) -> Res
     }
 }
 
+/// CEL's built-in functions, registered once: a decision's variables go in a scope on top.
+fn builtins() -> &'static Context<'static> {
+    static BASE: std::sync::OnceLock<Context<'static>> = std::sync::OnceLock::new();
+    BASE.get_or_init(Context::default)
+}
+
 /// The evaluation context: `identity`, `secret` and `request`.
 pub fn variables(
-    identity: &serde_json::Value,
+    identity: &(impl serde::Serialize + ?Sized),
     secret: &serde_json::Value,
     request: &serde_json::Value,
 ) -> Result<Context<'static>, String> {
-    let mut ctx = Context::default();
-    for (name, v) in [
-        ("identity", identity),
-        ("secret", secret),
-        ("request", request),
-    ] {
+    let mut ctx = builtins().new_inner_scope();
+    let identity = cel_interpreter::to_value(identity).map_err(|e| format!("identity: {e}"))?;
+    ctx.add_variable_from_value("identity", identity);
+    for (name, v) in [("secret", secret), ("request", request)] {
         let value = cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))?;
         ctx.add_variable_from_value(name, value);
     }

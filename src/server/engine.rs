@@ -447,7 +447,10 @@ impl Engine {
         path: &str,
     ) -> Option<Vec<Outcome>> {
         let segments = canonicalize(path).ok()?;
-        let identity = Value::Object(claims.clone());
+        let applicable = self.bundle.applicable(&segments, s.provider);
+        if applicable.is_empty() {
+            return Some(Vec::new());
+        }
         let secret = json!({
             "ref": path,
             "provider": s.provider.map(|p| p.name()).unwrap_or(""),
@@ -455,9 +458,9 @@ impl Engine {
             "key": s.key.unwrap_or(""),
         });
         let request = json!({"action": s.action, "time": crate::time::Utc::now().rfc3339()});
-        let ctx = crate::policy::cel::variables(&identity, &secret, &request);
+        let ctx = crate::policy::cel::variables(claims, &secret, &request);
         let mut outcomes = Vec::new();
-        for p in self.bundle.applicable(&segments, s.provider) {
+        for p in applicable {
             for (i, r) in p.rules.iter().enumerate() {
                 outcomes.push(Outcome {
                     rule: format!("{}#{i}", p.glob.source),
