@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-// The allocator the kz binary uses, so the in-process figures are the server's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const SECRET: &str = "bench-shared-secret";
 
 fn bundle(policies: usize) -> String {

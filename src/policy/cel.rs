@@ -203,14 +203,37 @@ pub fn variables(
     secret: &serde_json::Value,
     request: &serde_json::Value,
 ) -> Result<Context<'static>, String> {
+    let convert = |name: &str, v: &serde_json::Value| {
+        cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))
+    };
+    scope(
+        identity,
+        convert("secret", secret)?,
+        convert("request", request)?,
+    )
+}
+
+/// As `variables`, with `secret` and `request` already CEL values (see `string_map`).
+pub fn scope(
+    identity: &(impl serde::Serialize + ?Sized),
+    secret: Value,
+    request: Value,
+) -> Result<Context<'static>, String> {
     let mut ctx = builtins().new_inner_scope();
     let identity = cel_interpreter::to_value(identity).map_err(|e| format!("identity: {e}"))?;
     ctx.add_variable_from_value("identity", identity);
-    for (name, v) in [("secret", secret), ("request", request)] {
-        let value = cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))?;
-        ctx.add_variable_from_value(name, value);
-    }
+    ctx.add_variable_from_value("secret", secret);
+    ctx.add_variable_from_value("request", request);
     Ok(ctx)
+}
+
+/// A CEL map of strings.
+pub fn string_map<const N: usize>(pairs: [(&str, String); N]) -> Value {
+    let map: std::collections::HashMap<String, Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect();
+    Value::from(map)
 }
 
 fn type_name(v: &Value) -> &'static str {

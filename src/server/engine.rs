@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::config::bundle::Bundle;
@@ -451,14 +451,18 @@ impl Engine {
         if applicable.is_empty() {
             return Some(Vec::new());
         }
-        let secret = json!({
-            "ref": path,
-            "provider": s.provider.map(|p| p.name()).unwrap_or(""),
-            "name": s.name.unwrap_or(""),
-            "key": s.key.unwrap_or(""),
-        });
-        let request = json!({"action": s.action, "time": crate::time::Utc::now().rfc3339()});
-        let ctx = crate::policy::cel::variables(claims, &secret, &request);
+        use crate::policy::cel::{scope, string_map};
+        let secret = string_map([
+            ("ref", path.to_string()),
+            ("provider", s.provider.map_or("", |p| p.name()).to_string()),
+            ("name", s.name.unwrap_or("").to_string()),
+            ("key", s.key.unwrap_or("").to_string()),
+        ]);
+        let request = string_map([
+            ("action", s.action.to_string()),
+            ("time", crate::time::Utc::now().rfc3339()),
+        ]);
+        let ctx = scope(claims, secret, request);
         let mut outcomes = Vec::new();
         for p in applicable {
             for (i, r) in p.rules.iter().enumerate() {
@@ -521,6 +525,7 @@ async fn fetch_jwks(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     const GLOBS: [&str; 5] = [
         "secret/data/prod/**",
