@@ -184,10 +184,6 @@ fn unauthorized(reason: &str) -> Response<Body> {
 }
 
 impl Server {
-    pub fn new(bundle_path: PathBuf, env: Arc<dyn Env>) -> Arc<Server> {
-        Self::with_injector(bundle_path, env, None)
-    }
-
     pub fn with_injector(
         bundle_path: PathBuf,
         env: Arc<dyn Env>,
