@@ -239,13 +239,13 @@ pub struct SidecarArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// The transparent listener port (on 127.0.0.1 and ::1)
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = crate::net::PROXY_PORT)]
     pub proxy_port: u16,
     /// The DNS port (UDP and TCP, on 127.0.0.1 and ::1)
-    #[arg(long, default_value_t = 15053)]
+    #[arg(long, default_value_t = crate::net::DNS_PORT)]
     pub dns_port: u16,
     /// Where GET /ready answers once the proxy serves (for a startupProbe; [::] is IPv4 and IPv6)
-    #[arg(long, value_name = "ADDR", default_value = "[::]:15021")]
+    #[arg(long, value_name = "ADDR", default_value_t = format!("[::]:{}", crate::net::READY_PORT))]
     pub ready_listen: String,
     /// Team mode: resolve through this policy server (as [server] url in the config does)
     #[arg(long, value_name = "URL")]
@@ -264,13 +264,13 @@ pub struct SidecarArgs {
 #[derive(Debug, Args)]
 pub struct InitNetworkArgs {
     /// kz's transparent listener port
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = crate::net::PROXY_PORT)]
     pub proxy_port: u16,
     /// kz's DNS port
-    #[arg(long, default_value_t = 15053)]
+    #[arg(long, default_value_t = crate::net::DNS_PORT)]
     pub dns_port: u16,
     /// The uid kz runs as; its own traffic is never redirected
-    #[arg(long, default_value_t = 17337)]
+    #[arg(long, default_value_t = crate::net::KZ_UID)]
     pub kz_uid: u32,
     /// More uids whose traffic is left alone (repeatable)
     #[arg(long = "exclude-uid", value_name = "UID")]

@@ -4,6 +4,15 @@
 
 use std::net::SocketAddr;
 
+/// kz's transparent listener port, where redirected connections arrive (`--isolate`, pods).
+pub const PROXY_PORT: u16 = 15001;
+/// kz's DNS port (UDP and TCP), where redirected lookups arrive.
+pub const DNS_PORT: u16 = 15053;
+/// Where a pod's sidecar answers `GET /ready`.
+pub const READY_PORT: u16 = 15021;
+/// The uid kz's sidecar runs as in a pod: its own traffic is never redirected.
+pub const KZ_UID: u32 = 17337;
+
 fn dual(addr: &str) -> Option<SocketAddr> {
     let a: SocketAddr = addr.parse().ok()?;
     (a.is_ipv6() && a.ip().is_unspecified()).then_some(a)

@@ -18,9 +18,8 @@ use crate::proxy::transparent::{self, NameMap, NAMESERVER};
 use crate::secret::SecretValue;
 use kz_netns::rules::{Backend, RuleSpec};
 
-/// Ports inside the namespace (its own; they cannot clash with the host).
-const PROXY_PORT: u16 = 15001;
-const DNS_PORT: u16 = 15053;
+// The namespace's own ports (they cannot clash with the host): the same as in a pod.
+use crate::net::{DNS_PORT, PROXY_PORT};
 const SPEC_VAR: &str = "KZ_ISOLATE_SPEC";
 
 /// What the supervisor tells the helper.

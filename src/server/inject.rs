@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 pub const ANNOTATION: &str = "keyzero.dev/inject";
 pub const SECRETS_ANNOTATION: &str = "keyzero.dev/secrets";
 pub const INJECTED_ANNOTATION: &str = "keyzero.dev/injected";
-pub const KZ_UID: i64 = 17337;
+/// kz's uid, as pod specs spell numbers.
+pub const KZ_UID: i64 = crate::net::KZ_UID as i64;
 pub const INIT_NAME: &str = "keyzero-init";
 pub const SIDECAR_NAME: &str = "keyzero-sidecar";
 pub const VOLUME: &str = "keyzero-share";
@@ -243,7 +244,7 @@ pub fn mutate(pod: &Value, cfg: &InjectConfig, mut token: impl FnMut(&str) -> St
         "args": sidecar_args,
         "env": sidecar_env,
         "volumeMounts": sidecar_mounts,
-        "startupProbe": {"httpGet": {"path": "/ready", "port": 15021}, "periodSeconds": 1, "failureThreshold": 60},
+        "startupProbe": {"httpGet": {"path": "/ready", "port": crate::net::READY_PORT}, "periodSeconds": 1, "failureThreshold": 60},
         "securityContext": {
             "runAsUser": KZ_UID, "runAsGroup": KZ_UID, "runAsNonRoot": true,
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::isolate::privileged;
 use crate::util::{fixture, kz_bin, run, Sandbox};
+use crate::util::{privileged, Needs};
 
 const REAL_ENV: &str = "ghp_REALcontainmentValue_0123456789";
 const REAL_LOCAL: &str = "local-REAL-store-value-55555";
@@ -31,12 +31,9 @@ fn root() -> bool {
 /// The identities a scenario runs as: root and uid 65534 when the suite is root, else just the
 /// current user.
 fn identities() -> Vec<Option<u32>> {
-    if root() {
+    if privileged(Needs::Root) {
         vec![None, Some(NOBODY)]
     } else {
-        if std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("containment tests must run as root when KZ_REQUIRE_PRIVILEGED=1");
-        }
         vec![None]
     }
 }
@@ -265,7 +262,7 @@ fn a_forced_core_dump_of_kz_writes_nothing() {
 
 #[test]
 fn the_agent_dies_with_a_sigkilled_kz() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     for user in identities() {
@@ -364,7 +361,7 @@ fn loopback_service() -> (u16, Arc<AtomicUsize>) {
 
 #[test]
 fn isolated_agent_finds_no_credential_anywhere() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let (port, hits) = loopback_service();
@@ -475,7 +472,7 @@ except Exception as e:
 
 #[test]
 fn plain_blind_as_another_user_cannot_read_the_owners_files() {
-    if !root() {
+    if !privileged(Needs::Root) {
         return;
     }
     let a = Agent::new(None, "");

@@ -5,14 +5,11 @@
 use std::path::Path;
 
 use crate::blind::{Blind, REAL_GH};
-use crate::util::{kz_bin, run};
+use crate::util::{kz_bin, privileged, run, Needs};
 
 #[test]
 fn entrypoint_runs_the_agent_isolated_as_its_own_user() {
-    if !nix::unistd::getuid().is_root() {
-        if std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("needs root");
-        }
+    if !privileged(Needs::Root) {
         return;
     }
     let b = Blind::new();

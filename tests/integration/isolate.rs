@@ -7,22 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::blind::{Blind, REAL_GH};
-use crate::util::{kz_bin, python, run};
-
-pub fn privileged() -> bool {
-    let ok = Command::new("unshare")
-        .args(["-U", "-r", "-n", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("namespaces or nft unavailable but KZ_REQUIRE_PRIVILEGED=1");
-    }
-    ok
-}
+use crate::util::{kz_bin, privileged, python, run, Needs};
 
 impl Blind {
     /// `kz run --blind --isolate --no-mask -- sh -c SCRIPT`.
@@ -72,7 +57,7 @@ const IN_OWN_NETNS: &str = r#"[ "$(readlink /proc/self/ns/net)" != "$HOST_NETNS"
 /// holds kz's CA.
 #[test]
 fn inherited_proxies_are_replaced_and_a_clients_own_proxy_still_reaches_kz() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let b = Blind::new();
@@ -121,7 +106,7 @@ print("etc-certs", urllib.request.urlopen(req, context=ctx).status)'
 
 #[test]
 fn clients_that_ignore_proxy_variables_are_intercepted() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let b = Blind::new();
@@ -174,7 +159,7 @@ env -u SSL_CERT_FILE -u CURL_CA_BUNDLE -u REQUESTS_CA_BUNDLE -u KZ_CA_CERT curl 
 
 #[test]
 fn escapes_fail_fast_and_send_nothing() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let b = Blind::with_network("allow_private = true\nallow = [\"api.kz.test\"]\n");
@@ -243,7 +228,7 @@ ping -c 1 -W 2 192.0.2.1 >/dev/null 2>&1 && echo "ping NOT BLOCKED" || echo "pin
 
 #[test]
 fn rootless_keeps_the_uid_and_still_swaps() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     if !nix::unistd::getuid().is_root() {
@@ -309,7 +294,7 @@ fn host_state() -> (String, String) {
 
 #[test]
 fn nothing_is_left_behind_even_after_sigkill() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let b = Blind::new();
@@ -338,7 +323,7 @@ fn nothing_is_left_behind_even_after_sigkill() {
 
 #[test]
 fn exit_codes_and_signals_pass_through_the_helper() {
-    if !privileged() {
+    if !privileged(Needs::Namespaces) {
         return;
     }
     let b = Blind::new();

@@ -129,17 +129,11 @@ fn jwt(service: &str) -> String {
 
 /// A policy server over `bundle` (`{vault}` is replaced by the OpenBao address); the server
 /// holds the root token in its own environment, and a file and an env secret of its own.
+/// The policy server (stopped when dropped) and its sandbox.
 struct Pdp {
+    _child: crate::util::Server,
     _sb: Sandbox,
-    child: Child,
     port: u16,
-}
-
-impl Drop for Pdp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn pdp(vault_addr: &str, vault_extra: &str) -> Pdp {
@@ -177,8 +171,8 @@ policies:
         .stdout(Stdio::null());
     let (child, port) = start_kz_server(cmd, &[]);
     Pdp {
+        _child: child,
         _sb: sb,
-        child,
         port,
     }
 }

@@ -5,23 +5,7 @@
 
 use std::process::Command;
 
-use crate::util::kz_bin;
-
-fn privileged() -> bool {
-    let ok = nix::unistd::getuid().is_root()
-        && Command::new("unshare")
-            .args(["-n", "true"])
-            .status()
-            .is_ok_and(|s| s.success())
-        && Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("root, network namespaces or setpriv unavailable but KZ_REQUIRE_PRIVILEGED=1");
-    }
-    ok
-}
+use crate::util::{kz_bin, privileged, Needs};
 
 fn in_pod(script: &str) -> String {
     let full = format!(
@@ -58,7 +42,7 @@ print("kz", attempt(17337))
 
 #[test]
 fn init_network_is_idempotent_and_spares_kz_uid() {
-    if !privileged() {
+    if !privileged(Needs::RootNamespaces) {
         return;
     }
     let probe = std::env::temp_dir().join(format!("kz-pod-probe-{}.py", std::process::id()));
@@ -125,7 +109,7 @@ fn dry_run_prints_and_changes_nothing() {
 /// proxy-ignoring `curl` is intercepted and swapped; its UDP and IPv6 escapes fail.
 #[test]
 fn simulated_pod_agent_is_intercepted_by_the_sidecar() {
-    if !privileged() {
+    if !privileged(Needs::RootNamespaces) {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -309,7 +293,7 @@ kill $APP $APP6 $POD $NODE1 $NODE3 2>/dev/null || true
 
 #[test]
 fn inbound_connections_are_answered_and_excluded_networks_go_direct_with_both_backends() {
-    if !privileged() {
+    if !privileged(Needs::RootNamespaces) {
         return;
     }
     for backend in ["nft", "iptables"] {
@@ -324,7 +308,7 @@ fn inbound_connections_are_answered_and_excluded_networks_go_direct_with_both_ba
 
 #[test]
 fn rules_of_other_owners_survive_with_both_backends() {
-    if !privileged() {
+    if !privileged(Needs::RootNamespaces) {
         return;
     }
     let norm = "sed -e 's/\\[[0-9]*:[0-9]*\\]//' -e '/^#/d'";

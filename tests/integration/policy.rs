@@ -56,8 +56,9 @@ policies:                          # the seed's form, verbatim
 }
 
 struct Pdp {
+    /// Stopped first when the Pdp goes.
+    _child: crate::util::Server,
     sb: Sandbox,
-    child: Child,
     url: String,
     /// Decision-log lines the server printed.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -67,8 +68,6 @@ struct Pdp {
 
 impl Drop for Pdp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = self._jwks.kill();
         let _ = self._jwks.wait();
     }
@@ -129,8 +128,8 @@ fn start() -> Pdp {
         }
     });
     Pdp {
+        _child: child,
         sb,
-        child,
         url: format!("http://127.0.0.1:{port}"),
         log,
         _vault: vault,

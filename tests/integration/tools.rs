@@ -2,7 +2,7 @@
 //! `.keyzero.toml` without a value ever printed; conflicts listed and left alone; `--remove`;
 //! a failure part-way leaves the store as it was), `kz scan`, `kz doctor`, `kz completions`.
 
-use crate::util::{run, Sandbox};
+use crate::util::{privileged, run, Needs, Sandbox};
 
 const DOTENV: &str = "# the project's secrets\nexport OPENAI_API_KEY=sk-import-0123456789abcdef\nGH_TOKEN=first-value-is-replaced\nGH_TOKEN='ghp_single_quoted_value_42' # a later line wins\nPEM=\"-----BEGIN KEY-----\nline-two-of-the-pem\n-----END KEY-----\"\nEMPTY=\n";
 
@@ -243,10 +243,7 @@ fn doctor_reports_each_check_and_fails_on_a_broken_provider() {
 /// the cause. Needs namespaces (root in CI).
 #[test]
 fn doctor_as_an_ordinary_user_and_with_user_namespaces_disabled() {
-    if !crate::isolate::privileged() || !nix::unistd::getuid().is_root() {
-        if std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("root needed for this test but KZ_REQUIRE_PRIVILEGED=1");
-        }
+    if !privileged(Needs::Namespaces) || !privileged(Needs::Root) {
         return;
     }
     let sb = Sandbox::new();

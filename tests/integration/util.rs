@@ -235,7 +235,7 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
 /// Starts `kz server start --bundle bundle.yaml --listen 127.0.0.1:<free port>` from `cmd` (a
 /// `Sandbox::kz()` with its environment set; stdout as the caller chose, else discarded) plus
 /// `extra` arguments, waits for the "listening" line and keeps draining stderr.
-pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Child, u16) {
+pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Server, u16) {
     let port = free_port();
     cmd.args([
         "server",
@@ -263,7 +263,30 @@ pub fn start_kz_server(mut cmd: Command, extra: &[&str]) -> (Child, u16) {
         }
     }
     std::thread::spawn(move || for _ in err.lines() {});
-    (child, port)
+    (Server(child), port)
+}
+
+/// A started `kz server`: the process, stopped when the handle goes (also when a test fails).
+pub struct Server(pub Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Checks Kubernetes objects against the schemas of a current Kubernetes release
@@ -297,4 +320,43 @@ pub fn tokens_in(text: &str) -> Vec<String> {
         .into_iter()
         .map(|r| text[r].to_string())
         .collect()
+}
+
+/// What a privileged test needs from the machine.
+#[derive(Clone, Copy, Debug)]
+pub enum Needs {
+    /// uid 0.
+    Root,
+    /// User and network namespaces for this user (`unshare -U -r -n`) and `nft`.
+    Namespaces,
+    /// uid 0, network namespaces and `setpriv` (a simulated pod).
+    RootNamespaces,
+}
+
+fn succeeds(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The one gate of privileged tests: whether this machine has what `needs` names. Without it a
+/// test returns early, except with `KZ_REQUIRE_PRIVILEGED=1` (CI, as root), where it fails.
+pub fn privileged(needs: Needs) -> bool {
+    let root = nix::unistd::getuid().is_root();
+    let ok = match needs {
+        Needs::Root => root,
+        Needs::Namespaces => {
+            succeeds("unshare", &["-U", "-r", "-n", "true"]) && succeeds("nft", &["--version"])
+        }
+        Needs::RootNamespaces => {
+            root && succeeds("unshare", &["-n", "true"]) && succeeds("setpriv", &["--version"])
+        }
+    };
+    if !ok && std::env::var("KZ_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("this test needs {needs:?}, which this machine lacks, and KZ_REQUIRE_PRIVILEGED=1");
+    }
+    ok
 }
