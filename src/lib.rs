@@ -5,6 +5,8 @@
 //! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`, and `isolate` for `--isolate`).
 //! - [`config`]: `.keyzero.toml` discovery, parsing and whole-file validation.
 //! - [`provider`]: the `Provider` trait, one module per backend, concurrent resolution.
+//! - [`conceal`]: the streaming byte replacer and the encoded forms of a value, under both
+//!   [`mask`] and [`blind`].
 //! - [`mask`]: the streaming masker that conceals secret values in a child's output.
 //! - [`child`]: spawning the child, forwarding signals, mapping exit statuses.
 //! - [`audit`]: JSON-lines audit log.
@@ -23,6 +25,7 @@ pub mod blind;
 pub mod child;
 pub mod cli;
 pub mod cmd;
+pub mod conceal;
 pub mod config;
 pub mod env;
 pub mod http;

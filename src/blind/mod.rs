@@ -3,7 +3,6 @@
 
 pub mod env;
 pub mod jsonesc;
-pub mod replace;
 pub mod sigv4;
 pub mod token;
 
@@ -13,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use crate::conceal::forms::URL_ENCODE_SET;
+use crate::conceal::replace::PatternSet;
 use crate::config::{HostPattern, Swap};
 use crate::secret::SecretValue;
-use replace::PatternSet;
 
 pub use token::is_token;
 
@@ -91,13 +91,6 @@ pub struct TokenTable {
 
 /// Destinations whose swap sets stay cached (each is rebuilt on demand once evicted).
 pub const HOST_CACHE: usize = 256;
-
-/// Unreserved characters stay, everything else is percent-encoded.
-pub const URL_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Forms an upstream may echo a value in, beyond the masker's (raw, base64, percent-encoded):
 /// JSON string content (also with `/` written `\/`), hex in either case, and percent-encoding
@@ -183,13 +176,13 @@ impl TokenTable {
         let mut scrub = Vec::new();
         let mut wrapped = Vec::new();
         for s in &secrets {
-            let mut forms = crate::mask::forms(s.value.expose());
+            let mut forms = crate::conceal::forms::forms(s.value.expose());
             forms.extend(scrub_forms(s.value.expose()));
             let token = || Some(Zeroizing::new(s.token.as_bytes().to_vec()));
             for f in forms {
-                if f.len() >= crate::mask::MIN_UNALIGNED_LEN {
+                if f.len() >= crate::conceal::forms::MIN_UNALIGNED_LEN {
                     wrapped.push((f, token()));
-                } else if f.len() >= crate::mask::MIN_MASK_LEN {
+                } else if f.len() >= crate::conceal::forms::MIN_MASK_LEN {
                     scrub.push((f, token()));
                 }
             }

@@ -7,9 +7,10 @@ use super::{
 };
 use crate::child::{self, ChildSpec, Limits};
 use crate::cli::RunArgs;
+use crate::conceal::forms::MIN_MASK_LEN;
 use crate::config::{Config, ProviderKind};
 use crate::env::ProcessEnv;
-use crate::mask::{MaskSet, MIN_MASK_LEN};
+use crate::mask::MaskSet;
 use crate::proxy::session as blind;
 
 /// Variables that hold kz's own keys or a backend's credentials. The child never inherits them

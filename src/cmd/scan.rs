@@ -39,18 +39,18 @@ pub fn labelled_forms(value: &str) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
     }
     // Inside a longer base64 text, at each byte alignment: the characters the value alone
     // determines.
-    if value.len() >= crate::mask::MIN_UNALIGNED_LEN {
+    if value.len() >= crate::conceal::forms::MIN_UNALIGNED_LEN {
         for (label, engine) in [
             ("base64", &STANDARD_NO_PAD),
             ("base64url", &URL_SAFE_NO_PAD),
         ] {
-            for f in crate::mask::base64_fragments(engine, value) {
+            for f in crate::conceal::forms::base64_fragments(engine, value) {
                 out.push((label, f));
             }
         }
     }
     for set in [
-        crate::blind::URL_ENCODE_SET,
+        crate::conceal::forms::URL_ENCODE_SET,
         percent_encoding::NON_ALPHANUMERIC,
     ] {
         let upper = percent_encoding::utf8_percent_encode(value, set).to_string();
@@ -69,7 +69,7 @@ pub fn labelled_forms(value: &str) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
     out.push(("hex", z(hex.into_bytes())));
     // Percent-encoding of a plain value is the value itself, and so on: the first label wins.
     let mut seen = std::collections::HashSet::new();
-    out.retain(|(_, f)| f.len() >= crate::mask::MIN_MASK_LEN && seen.insert(f.to_vec()));
+    out.retain(|(_, f)| f.len() >= crate::conceal::forms::MIN_MASK_LEN && seen.insert(f.to_vec()));
     out
 }
 

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::upstream::{Body, BoxError};
-use crate::blind::replace::{PatternSet, StreamReplacer};
+use crate::conceal::replace::{PatternSet, StreamReplacer};
 
 /// Shared between a streamed body and the request handler: what was found in the stream.
 #[derive(Default)]

@@ -206,11 +206,11 @@ pub fn build_proxy(
     // scrubbed from what the upstream echoes: refuse it rather than pass it.
     let short: Vec<String> = vars
         .iter()
-        .filter(|(_, v)| v.expose().len() < crate::mask::MIN_MASK_LEN)
+        .filter(|(_, v)| v.expose().len() < crate::conceal::forms::MIN_MASK_LEN)
         .map(|(n, _)| {
             format!(
                 "{n}: its value is shorter than {} characters, too short to scrub from responses; blind mode refuses it",
-                crate::mask::MIN_MASK_LEN
+                crate::conceal::forms::MIN_MASK_LEN
             )
         })
         .collect();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::blind::replace::{PatternSet, StreamReplacer};
+use crate::conceal::replace::{PatternSet, StreamReplacer};
 
 /// Frames larger than this end the connection rather than being buffered.
 pub const MAX_FRAME: u64 = 16 << 20;

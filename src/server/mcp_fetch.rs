@@ -104,10 +104,10 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
             headers.push((k.clone(), v.as_str().unwrap_or_default().to_string()));
         }
     }
-    if value.expose().len() < crate::mask::MIN_MASK_LEN {
+    if value.expose().len() < crate::conceal::forms::MIN_MASK_LEN {
         let reason = format!(
             "{name}: its value is shorter than {} characters, too short to scrub from responses",
-            crate::mask::MIN_MASK_LEN
+            crate::conceal::forms::MIN_MASK_LEN
         );
         mcp.log_refused(name, "fetch", &reason);
         return error(reason);
