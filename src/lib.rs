@@ -2,7 +2,8 @@
 //!
 //! Modules, from the outside in:
 //! - [`cli`]: clap types for every command.
-//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`, and `isolate` for `--isolate`).
+//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`, `server`, `mcp`, `policy`,
+//!   `token`, `init_network`, `sidecar`, `import`, `doctor`, `scan`; `isolate` for `--isolate`).
 //! - [`config`]: `.keyzero.toml` discovery, parsing and whole-file validation.
 //! - [`provider`]: the `Provider` trait, one module per backend, concurrent resolution.
 //! - [`conceal`]: the streaming byte replacer and the encoded forms of a value, under both

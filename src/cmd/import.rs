@@ -6,14 +6,12 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{Failure, Outcome};
+use super::{Failure, Outcome, EXIT_FAIL};
 use crate::cli::ImportArgs;
 use crate::config;
 use crate::env::ProcessEnv;
 use crate::provider::local::{self, StorePaths};
 use crate::secret::SecretValue;
-
-const EXIT_FAIL: u8 = 1;
 
 /// One `KEY=VALUE` of a dotenv file.
 pub struct Entry {

@@ -3,10 +3,14 @@
 pub mod check;
 pub mod doctor;
 pub mod import;
+pub mod init_network;
 #[cfg(target_os = "linux")]
 pub mod isolate;
+pub mod mcp;
 pub mod policy;
 pub mod scan;
+pub mod server;
+pub mod token;
 #[cfg(not(target_os = "linux"))]
 pub mod isolate {
     //! `--isolate` needs Linux namespaces; elsewhere it is a clear error.
@@ -62,6 +66,8 @@ use crate::provider::{resolve_all, ProviderSet, Resolved};
 
 /// Exit code when kz itself fails before or while starting the child.
 pub const EXIT_KZ: u8 = 125;
+/// A command that could not do its job (bad input, a failed check, an unreachable service).
+pub const EXIT_FAIL: u8 = 1;
 
 /// A failed command: one line per problem, and the exit code.
 #[derive(Debug)]
@@ -94,94 +100,38 @@ pub fn dispatch(cli: Cli) -> Outcome {
         Command::Completions { shell } => completions(shell),
         Command::Secret(cmd) => secret::secret(cmd),
         Command::IsolateHelper => isolate::helper(),
-        Command::InitNetwork(a) => init_network(a),
+        Command::InitNetwork(a) => init_network::init_network(a),
         Command::Sidecar(a) => {
             protect_self()?;
             sidecar::sidecar(a)
         }
         Command::Server(c) => {
             protect_self()?;
-            policy::server(c)
+            server::server(c)
         }
         Command::Mcp {
             bundle,
             identity_token_file,
         } => {
             protect_self()?;
-            policy::mcp_stdio(bundle, identity_token_file)
+            mcp::mcp_stdio(bundle, identity_token_file)
         }
         Command::Policy(c) => policy::policy(c),
-        Command::Token(c) => policy::token(c),
+        Command::Token(c) => token::token(c),
     }
 }
 
-/// `kz init-network`: the pod's redirect rules, applied (or printed with `--dry-run`).
-fn init_network(a: crate::cli::InitNetworkArgs) -> Outcome {
-    use kz_netns::rules::{detect, iptables_restore, nft_ruleset, Backend, RuleSpec};
-    let mut uids = vec![a.kz_uid];
-    uids.extend(a.exclude_uids.iter().copied().filter(|u| *u != a.kz_uid));
-    let spec = RuleSpec {
-        proxy_port: a.proxy_port,
-        dns_port: a.dns_port,
-        exclude_uids: uids,
-        exclude_ports: a.exclude_ports,
-        exclude_cidrs: a.exclude_cidrs,
-    };
-    let path = std::env::var("PATH").unwrap_or_default();
-    let backend =
-        match a.backend.as_str() {
-            "nft" => Backend::Nft,
-            "iptables" => Backend::Iptables,
-            _ => match detect(&path) {
-                Some(b) => b,
-                None if a.dry_run => Backend::Nft,
-                None => return Err(Failure::new(
-                    1,
-                    "init-network: needs nft (nftables) or iptables, iptables-restore, ip6tables and ip6tables-restore",
-                )),
-            },
-        };
-    if a.dry_run {
-        match backend {
-            Backend::Nft => print!("# nft -f -\n{}", nft_ruleset(&spec)),
-            Backend::Iptables => print!(
-                "# iptables-restore --noflush (jumps from OUTPUT added when missing)\n{}# ip6tables-restore --noflush\n{}",
-                iptables_restore(&spec, false, true, true),
-                iptables_restore(&spec, true, true, true)
-            ),
-        }
-        return Ok(0);
-    }
-    apply_rules(&spec, backend)?;
-    eprintln!(
-        "kz: redirect rules applied ({}); tcp -> :{}, dns -> :{}, uids left alone: {:?}",
-        if backend == Backend::Nft {
-            "nftables"
-        } else {
-            "iptables"
-        },
-        spec.proxy_port,
-        spec.dns_port,
-        spec.exclude_uids
-    );
-    Ok(0)
+/// An error's text as lines (each becomes one `kz: ` line).
+fn lines(e: impl ToString) -> Vec<String> {
+    e.to_string().lines().map(String::from).collect()
 }
 
-#[cfg(target_os = "linux")]
-fn apply_rules(
-    spec: &kz_netns::rules::RuleSpec,
-    backend: kz_netns::rules::Backend,
-) -> Result<(), Failure> {
-    kz_netns::sandbox::apply_rules(spec, backend)
-        .map_err(|e| Failure::new(1, format!("init-network: {e}")))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn apply_rules(_: &kz_netns::rules::RuleSpec, _: kz_netns::rules::Backend) -> Result<(), Failure> {
-    Err(Failure::new(
-        1,
-        kz_netns::NetnsError::Unsupported.to_string(),
-    ))
+/// Seconds since the epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
 }
 
 /// Makes kz non-dumpable with a zero core limit (before it reads any secret), so a process of

@@ -4,14 +4,12 @@ use std::io::{IsTerminal, Read, Write};
 
 use zeroize::Zeroizing;
 
-use super::{Failure, Outcome};
+use super::{Failure, Outcome, EXIT_FAIL};
 use crate::cli::{SecretCommand, StoreArg};
 use crate::config::{self, LocalConfig};
 use crate::env::{Env, ProcessEnv};
 use crate::provider::local::{self, StoreError, StoreKey, StorePaths};
 use crate::secret::SecretValue;
-
-const EXIT_FAIL: u8 = 1;
 
 fn paths(arg: &StoreArg, env: &dyn Env) -> Result<StorePaths, Failure> {
     let local_cfg = match &arg.config {

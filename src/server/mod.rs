@@ -8,7 +8,6 @@ mod decision_log;
 pub mod engine;
 pub mod inject;
 pub mod mcp;
-mod mcp_fetch;
 pub mod serving_cert;
 
 use std::convert::Infallible;

@@ -3,6 +3,8 @@
 //! engine for the caller's verified identity; values are never returned except through a
 //! `reveal` rule, and `fetch` injects the credential itself, only towards the secret's hosts.
 
+mod fetch;
+
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -13,8 +15,8 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 
-use super::engine::{Asked, Engine, Subject};
 use crate::policy::decide::Decision;
+use crate::server::engine::{Asked, Engine, Subject};
 
 /// One MCP session: the engine and, over stdio, the caller's verified claims. Over HTTP the
 /// claims come with each request (the server verified its bearer token).
@@ -24,7 +26,7 @@ pub struct KzMcp {
     pub claims: std::sync::Arc<Map<String, Value>>,
     /// Over HTTP, the server: decisions go to its decision log and metrics. Over stdio (where
     /// stdout is the MCP channel) decision-log lines go to stderr.
-    pub server: Option<Arc<super::Server>>,
+    pub server: Option<Arc<crate::server::Server>>,
 }
 
 /// The verified claims of an HTTP request to `/mcp`, carried in its extensions.
@@ -159,9 +161,9 @@ impl KzMcp {
         &self,
         asked: &Asked<'_>,
         action: &str,
-    ) -> Result<(crate::secret::SecretValue, Decision), super::engine::Refused> {
+    ) -> Result<(crate::secret::SecretValue, Decision), crate::server::engine::Refused> {
         let decide = |s: &Subject<'_>| self.decide_subject(s);
-        super::resolve_authorized(&self.engine, asked, action, &decide).await
+        crate::server::resolve_authorized(&self.engine, asked, action, &decide).await
     }
 
     /// Decides and writes the decision-log line (a bundle secret or a raw ref alike).
@@ -301,7 +303,7 @@ impl ServerHandler for KzMcp {
         Ok(match request.name.as_ref() {
             "list_secrets" => me.list_secrets().await,
             "resolve" => me.resolve(&args).await,
-            "fetch" => super::mcp_fetch::fetch(&me, &args).await,
+            "fetch" => fetch::fetch(&me, &args).await,
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool {other:?} (list_secrets, resolve, fetch)"),

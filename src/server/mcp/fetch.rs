@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use rmcp::model::CallToolResponse;
 use serde_json::{json, Map, Value};
 
-use super::mcp::KzMcp;
+use super::KzMcp;
 
 /// Most body bytes read from the upstream.
 pub const MAX_RESPONSE: usize = 1 << 20;
@@ -64,7 +64,7 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
     // Decided (and logged) and read first, so a denied identity learns nothing about the
     // secret, not even whether it exists or where it is bound.
     let value = match mcp
-        .value_of(&super::engine::Asked::Name(name), "fetch")
+        .value_of(&crate::server::engine::Asked::Name(name), "fetch")
         .await
     {
         Ok((v, _)) => v,
