@@ -89,13 +89,26 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `start(cmd)`, tried again while the program is "busy" (ETXTBSY): a binary a test has just
+/// copied stays busy until another test thread's fork, which still holds the copy's open
+/// descriptor, has exec'd.
+fn retry_busy<T>(cmd: &mut Command, start: impl Fn(&mut Command) -> std::io::Result<T>) -> T {
+    for _ in 0..100 {
+        match start(cmd) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{cmd:?}: text file stayed busy");
+}
+
 /// Runs a command and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out: Output = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out: Output = retry_busy(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), |c| {
+        c.output()
+    });
     (
         out.status.code().unwrap_or(-1),
         text(&out.stdout),
@@ -106,12 +119,12 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 /// Runs a command with `input` on its stdin; returns (exit code, stdout, stderr).
 pub fn run_with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
     use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = retry_busy(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        |c| c.spawn(),
+    );
     child
         .stdin
         .take()
