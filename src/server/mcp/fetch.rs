@@ -70,14 +70,7 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         Ok((v, _)) => v,
         Err(e) => return error(format!("{name}: {}", e.message)),
     };
-    let Some(secret) = mcp
-        .engine
-        .bundle
-        .config
-        .secrets
-        .iter()
-        .find(|s| s.name == name)
-    else {
+    let Some(secret) = mcp.named_secret(name) else {
         return error(format!("{name}: denied by policy"));
     };
     if !secret.hosts.iter().any(|h| h.matches(&host, port)) {

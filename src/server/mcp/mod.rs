@@ -34,6 +34,16 @@ pub struct KzMcp {
 pub struct McpIdentity(pub std::sync::Arc<Map<String, Value>>);
 
 impl KzMcp {
+    /// The bundle's secret called `name`, if there is one.
+    fn named_secret(&self, name: &str) -> Option<&crate::config::SecretSpec> {
+        self.engine
+            .bundle
+            .config
+            .secrets
+            .iter()
+            .find(|s| s.name == name)
+    }
+
     /// This call's identity: the request's (HTTP) or the session's (stdio).
     fn for_call(&self, ctx: &RequestContext<RoleServer>) -> KzMcp {
         let from_http = ctx
@@ -219,14 +229,7 @@ impl KzMcp {
             return tool_error("resolve needs ref: a secret name from list_secrets");
         };
         let denied = || tool_ok(json!({"allowed": false, "handle": Value::Null, "hosts": []}));
-        let Some(s) = self
-            .engine
-            .bundle
-            .config
-            .secrets
-            .iter()
-            .find(|s| s.name == r)
-        else {
+        let Some(s) = self.named_secret(r) else {
             // A provider ref (`vault://…`, or a plain path) rather than a bundle name: decided
             // on its canonical form, never revealed here. A denied identity learns nothing.
             let target = match crate::config::uri::parse_shorthand(r) {
