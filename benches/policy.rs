@@ -35,7 +35,7 @@ fn now() -> i64 {
 fn tokens(n: usize, teams: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            kz::policy::jwt::sign_hs256(
+            kz::api::jwt::sign_hs256(
                 &json!({"iss": "https://issuer.example", "aud": "keyzero", "sub": format!("agent-{i}"), "team": format!("team{}", i % teams), "role": "agent", "exp": now() + 3600}),
                 SECRET.as_bytes(),
             )
@@ -51,16 +51,14 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 fn in_process(policies: usize, dir: &std::path::Path) -> (f64, f64) {
     let path = dir.join(format!("b{policies}.yaml"));
     std::fs::write(&path, bundle(policies)).unwrap();
-    let b = kz::config::bundle::load(&path).unwrap();
-    let env: Arc<dyn kz::env::Env> =
-        Arc::new(kz::env::MapEnv::from_pairs([("KZ_JWT_SECRET", SECRET)]));
+    let b = kz::api::load_bundle(&path).unwrap();
+    let env: Arc<dyn kz::api::Env> =
+        Arc::new(kz::api::MapEnv::from_pairs([("KZ_JWT_SECRET", SECRET)]));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let engine = rt
-        .block_on(kz::server::engine::Engine::load(b, env))
-        .unwrap();
+    let engine = rt.block_on(kz::api::Engine::load(b, env)).unwrap();
     let toks = tokens(1000, policies);
     let n = 20_000;
     // Baseline: JWT verification alone.
@@ -78,11 +76,11 @@ fn in_process(policies: usize, dir: &std::path::Path) -> (f64, f64) {
         let claims = rt.block_on(engine.verify(&toks[k], now())).unwrap();
         let r = format!("secret/data/team{}/db", k % policies);
         // The canonical parser is in the path, as on the server.
-        let target = kz::refs::parse(kz::config::ProviderKind::Vault, &r, None, None).unwrap();
+        let target = kz::api::parse_ref(kz::api::ProviderKind::Vault, &r, None, None).unwrap();
         let shown = target.display();
         let d = engine.decide(
             &claims,
-            &kz::server::engine::Subject::of(&target, &shown, None, "decide"),
+            &kz::api::Subject::of(&target, &shown, None, "decide"),
         );
         assert!(d.allowed, "{r}: {d:?} {claims:?}");
         lat.push(s.elapsed());

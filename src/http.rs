@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{HeaderMap, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
@@ -31,7 +31,6 @@ pub enum HttpError {
 #[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -144,7 +143,6 @@ impl HttpClient {
                 .to_bytes();
             Ok(Response {
                 status: parts.status,
-                headers: parts.headers,
                 body,
             })
         };

@@ -21,22 +21,40 @@
 //! - [`policy`]: the policy server's pure core (ref canonicalisation, globs, decisions).
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod blind;
-pub mod child;
-pub mod cli;
-pub mod cmd;
-pub mod conceal;
-pub mod config;
-pub mod env;
-pub mod http;
-pub mod lru;
-pub mod mask;
-pub mod net;
-pub mod policy;
-pub mod provider;
-pub mod proxy;
-pub mod refs;
-pub mod secret;
-pub mod server;
-pub mod time;
+mod audit;
+mod blind;
+mod child;
+mod cli;
+mod cmd;
+mod conceal;
+mod config;
+mod env;
+mod http;
+mod lru;
+mod mask;
+mod net;
+mod policy;
+mod provider;
+mod proxy;
+mod refs;
+mod secret;
+mod server;
+mod time;
+
+pub use cli::{parse, Cli};
+pub use cmd::{dispatch, Failure};
+
+/// What the benchmarks and the integration tests use, under short paths. Everything else is
+/// private to the crate, so rustc reports what nothing uses.
+pub mod api {
+    pub use crate::blind::{is_token, token::Finder, token::KNOWN_PREFIXES};
+    pub use crate::config::{bundle::load as load_bundle, ProviderKind};
+    pub use crate::env::{Env, MapEnv};
+    pub use crate::refs::parse as parse_ref;
+    pub use crate::server::engine::{Engine, Subject};
+    pub use crate::server::inject::{review, InjectConfig, ServerIdentity};
+    /// Signing and verifying the policy server's JWTs.
+    pub mod jwt {
+        pub use crate::policy::jwt::{sign_hs256, verify, Alg, IssuerKeys, Key};
+    }
+}

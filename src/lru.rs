@@ -49,12 +49,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         self.map.insert(k, (v, self.tick));
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     pub fn clear(&mut self) {

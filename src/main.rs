@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = kz::cli::parse();
-    match kz::cmd::dispatch(cli) {
+    let cli = kz::parse();
+    match kz::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             for line in &failure.lines {

@@ -44,35 +44,6 @@ pub async fn bind_dual(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     }
 }
 
-/// A UDP socket on `addr`; `[::]:port` is dual-stack.
-pub async fn bind_udp_dual(addr: &str) -> std::io::Result<tokio::net::UdpSocket> {
-    let Some(a) = dual(addr) else {
-        return tokio::net::UdpSocket::bind(addr).await;
-    };
-    let v6 = || -> std::io::Result<std::net::UdpSocket> {
-        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, SockaddrIn6};
-        let fd = socket(
-            AddressFamily::Inet6,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
-        v6_only_off(&fd)?;
-        let SocketAddr::V6(a6) = a else {
-            unreachable!()
-        };
-        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(a6))?;
-        Ok(std::net::UdpSocket::from(fd))
-    };
-    match v6() {
-        Ok(s) => tokio::net::UdpSocket::from_std(s),
-        Err(e) if no_ipv6(&e) => {
-            tokio::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], a.port()))).await
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// The kernel has no IPv6 (module absent or disabled).
 fn no_ipv6(e: &std::io::Error) -> bool {
     let code = e.raw_os_error();
@@ -96,13 +67,6 @@ mod tests {
             let (_s, peer) = l.accept().await.unwrap();
             assert_eq!(peer.port(), c.local_addr().unwrap().port(), "{target}");
         }
-        let u = bind_udp_dual("[::]:0").await.unwrap();
-        let port = u.local_addr().unwrap().port();
-        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.send_to(b"x", format!("127.0.0.1:{port}")).await.unwrap();
-        let mut buf = [0u8; 4];
-        let (n, _) = u.recv_from(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"x");
         // Other addresses bind as given.
         let l4 = bind_dual("127.0.0.1:0").await.unwrap();
         assert!(l4.local_addr().unwrap().is_ipv4());

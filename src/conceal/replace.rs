@@ -383,11 +383,6 @@ impl StreamReplacer {
         self.release(len, out)
     }
 
-    /// Bytes held back, waiting to see whether they start a pattern.
-    pub fn held(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Indices of the patterns replaced so far.
     pub fn seen(&self) -> &std::collections::BTreeSet<usize> {
         &self.seen

@@ -57,11 +57,6 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
         out
     }
-
-    /// Forgets everything (after a credential change).
-    pub fn clear(&self) {
-        self.map.lock().unwrap().clear();
-    }
 }
 
 #[cfg(test)]

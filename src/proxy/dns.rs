@@ -12,9 +12,7 @@ pub const TYPE_AAAA: u16 = 28;
 pub enum Rcode {
     NoError = 0,
     FormErr = 1,
-    ServFail = 2,
     NxDomain = 3,
-    NotImp = 4,
     Refused = 5,
 }
 

@@ -91,8 +91,7 @@ fn an_unbound_host_is_tunnelled_and_only_ever_sees_the_token() {
     let seen = b.up.last();
     let auth = seen.header("authorization").unwrap();
     assert!(
-        auth.starts_with("Bearer ghp_")
-            && kz::blind::is_token(auth.strip_prefix("Bearer ").unwrap()),
+        auth.starts_with("Bearer ghp_") && kz::api::is_token(auth.strip_prefix("Bearer ").unwrap()),
         "tunnelled untouched, the token keeps the value's ghp_ shape: {auth}"
     );
     assert!(!seen.all().contains(REAL_GH));
@@ -210,7 +209,7 @@ fn echoed_credentials_are_scrubbed_even_gzip_and_inside_basic() {
     assert!(
         out.lines().any(|l| l
             .strip_prefix("authorization: Bearer ")
-            .is_some_and(|t| kz::blind::is_token(t.trim()))),
+            .is_some_and(|t| kz::api::is_token(t.trim()))),
         "gzip body decoded and scrubbed: {out}"
     );
     assert_no_value_anywhere(&out, &err);
@@ -421,7 +420,7 @@ done
                 .to_ascii_lowercase()
                 .strip_prefix("x-trailer-echo: ")
                 .map(|_| l[16..].trim().to_string()))
-            .any(|t| kz::blind::is_token(&t)),
+            .any(|t| kz::api::is_token(&t)),
         "{headers}"
     );
     let audit = std::fs::read_to_string(sb.path().join("audit.jsonl")).unwrap();

@@ -114,7 +114,7 @@ fn curl_gets_tokens_and_the_upstream_gets_the_value() {
         .unwrap()
         .to_string();
     assert!(
-        token.starts_with("ghp_") && token.len() >= REAL_GH.len() && kz::blind::is_token(&token),
+        token.starts_with("ghp_") && token.len() >= REAL_GH.len() && kz::api::is_token(&token),
         "the token keeps the value's shape: {token}"
     );
     let seen = b.up.last();
@@ -203,7 +203,7 @@ fn child_environment_has_proxy_and_ca_variables() {
     let certs: usize = out.lines().find_map(|l| l.parse().ok()).unwrap();
     assert!(certs > 10, "system roots plus kz's CA: {certs}");
     assert!(get("GH").starts_with("ghp_") && get("OTHER").starts_with("KZ_TOK_"));
-    assert!(kz::blind::is_token(&get("GH")) && kz::blind::is_token(&get("OTHER")));
+    assert!(kz::api::is_token(&get("GH")) && kz::api::is_token(&get("OTHER")));
     assert_ne!(get("GH"), get("OTHER"));
     assert!(!out.contains(REAL_GH));
     // The temporary directory is gone after the run.

@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
-use kz::server::inject::{review, InjectConfig, ServerIdentity};
+use kz::api::{review, InjectConfig, ServerIdentity};
 
 fn fixture(name: &str) -> Value {
     serde_json::from_str(
@@ -139,7 +139,7 @@ fn plain_pod_gets_rules_sidecar_volume_and_tokens() {
             let token = env.iter().find(|e| e["name"] == name).unwrap()["value"]
                 .as_str()
                 .unwrap();
-            assert!(kz::blind::is_token(token), "{token}");
+            assert!(kz::api::is_token(token), "{token}");
             let in_sidecar = sidecar_env
                 .iter()
                 .find(|e| e["name"] == format!("KZ_TOKEN_{name}"))

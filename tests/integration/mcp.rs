@@ -18,7 +18,7 @@ fn now() -> i64 {
 }
 
 fn token(service: &str) -> String {
-    kz::policy::jwt::sign_hs256(
+    kz::api::jwt::sign_hs256(
         &json!({"iss": "https://issuer.example", "aud": "keyzero", "sub": service, "service": service, "exp": now() + 600}),
         SECRET.as_bytes(),
     )

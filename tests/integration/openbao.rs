@@ -121,7 +121,7 @@ fn jwt(service: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    kz::policy::jwt::sign_hs256(
+    kz::api::jwt::sign_hs256(
         &json!({"iss": "https://issuer.example", "aud": "keyzero", "sub": service, "service": service, "exp": now + 600}),
         JWT_SECRET.as_bytes(),
     )

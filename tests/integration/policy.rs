@@ -176,7 +176,7 @@ fn now() -> i64 {
 }
 
 fn hs(claims: Value) -> String {
-    kz::policy::jwt::sign_hs256(&claims, JWT_SECRET.as_bytes())
+    kz::api::jwt::sign_hs256(&claims, JWT_SECRET.as_bytes())
 }
 
 fn identity(service: &str) -> String {
@@ -388,14 +388,14 @@ fn jwt_attacks_are_401() {
         ),
         (
             "hs256 with an rs issuer's public key",
-            Some(kz::policy::jwt::sign_hs256(
+            Some(kz::api::jwt::sign_hs256(
                 &c(json!({"iss": "https://rs.example"})),
                 &rsa_pub,
             )),
         ),
         (
             "wrong key",
-            Some(kz::policy::jwt::sign_hs256(&c(json!({})), b"not-the-key")),
+            Some(kz::api::jwt::sign_hs256(&c(json!({})), b"not-the-key")),
         ),
         ("expired", Some(hs(c(json!({"exp": now() - 3600}))))),
         (
@@ -629,15 +629,15 @@ fn policy_tooling() {
         "10m",
     ]));
     assert_eq!(code, 0, "{err}");
-    let claims = kz::policy::jwt::verify(
+    let claims = kz::api::jwt::verify(
         token.trim(),
-        &[kz::policy::jwt::IssuerKeys {
+        &[kz::api::jwt::IssuerKeys {
             issuer: ISS.into(),
             audiences: vec!["keyzero".into()],
-            algorithms: vec![kz::policy::jwt::Alg::HS256],
+            algorithms: vec![kz::api::jwt::Alg::HS256],
             keys: vec![(
                 None,
-                kz::policy::jwt::Key::Hmac(zeroize::Zeroizing::new(JWT_SECRET.as_bytes().to_vec())),
+                kz::api::jwt::Key::Hmac(zeroize::Zeroizing::new(JWT_SECRET.as_bytes().to_vec())),
             )],
         }],
         now(),
@@ -1225,7 +1225,7 @@ fn the_sidecar_resolves_through_the_policy_server_with_its_own_token() {
     assert_eq!(exit, None, "the sidecar serves: {err}");
     let tokens = std::fs::read_to_string(share.join("tokens.env")).unwrap();
     assert!(
-        tokens.starts_with("SLACK=xoxb-") && kz::blind::is_token(tokens[6..].trim()),
+        tokens.starts_with("SLACK=xoxb-") && kz::api::is_token(tokens[6..].trim()),
         "{tokens}"
     );
     let (exit, err, _) = sidecar(&token_for("intern"));

@@ -95,7 +95,7 @@ echo "cli-sts: $($AWS sts get-caller-identity --query Arn --output text)"
     let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
     let token = v["secret_seen"].as_str().unwrap();
     assert!(!out.contains(&key_id), "the key id is a token too");
-    assert!(kz::blind::is_token(token), "the SDK held a token: {token}");
+    assert!(kz::api::is_token(token), "the SDK held a token: {token}");
     assert_eq!(v["get"], "hello through kz");
     assert_eq!(v["multipart_size"], 6 << 20);
     assert_eq!(v["secret_value"], "db-password-from-moto");

@@ -30,7 +30,7 @@ fn every_known_prefix_is_kept_and_swapped() {
     let mut secrets = String::new();
     let mut env = Vec::new();
     let mut script = String::new();
-    for (i, prefix) in kz::blind::token::KNOWN_PREFIXES.iter().enumerate() {
+    for (i, prefix) in kz::api::KNOWN_PREFIXES.iter().enumerate() {
         let value = format!("{prefix}REAL{i}value0123456789abcdefghijklmnop");
         secrets.push_str(&format!(
             "S{i} = {{ provider = \"env\", ref = \"REAL_{i}\", hosts = [\"api.kz.test:{port}\"] }}\n"
@@ -44,13 +44,13 @@ fn every_known_prefix_is_kept_and_swapped() {
     let (code, out, err) = kz_sh(&sb, port, &env, &script);
     assert_eq!(code, 0, "{out}{err}");
     let seen = up.requests();
-    for (i, prefix) in kz::blind::token::KNOWN_PREFIXES.iter().enumerate() {
+    for (i, prefix) in kz::api::KNOWN_PREFIXES.iter().enumerate() {
         let token = out
             .lines()
             .find_map(|l| l.strip_prefix(&format!("S{i}=")))
             .unwrap();
         assert!(token.starts_with(prefix), "{prefix}: {token}");
-        assert!(kz::blind::is_token(token), "{token}");
+        assert!(kz::api::is_token(token), "{token}");
         assert_eq!(
             token.len(),
             env[i].1.len(),
@@ -112,7 +112,7 @@ fn stable_tokens_survive_a_rerun_and_earlier_per_run_tokens_are_refused() {
     let (code, out, err) = kz_sh(&sb, port, &env, "echo \"GH=$GH\"");
     assert_eq!(code, 0, "{err}");
     let stable = token_of(&out);
-    assert!(stable.starts_with("ghp_") && kz::blind::is_token(&stable));
+    assert!(stable.starts_with("ghp_") && kz::api::is_token(&stable));
     sb.write("remote.txt", &stable);
     let (code, out, err) = kz_sh(
         &sb,

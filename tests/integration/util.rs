@@ -328,7 +328,7 @@ fn text_of(b: &[u8]) -> String {
 
 /// kz tokens (any shape, valid check) found in `text`.
 pub fn tokens_in(text: &str) -> Vec<String> {
-    kz::blind::token::Finder::default()
+    kz::api::Finder::default()
         .find(text.as_bytes())
         .into_iter()
         .map(|r| text[r].to_string())
