@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -50,21 +49,10 @@ pub struct SpawnError {
     pub message: String,
 }
 
-/// Maps a wait status to the shell convention: the code, or 128+N for signal N.
-pub fn exit_code(status: std::process::ExitStatus) -> u8 {
-    if let Some(c) = status.code() {
-        c as u8
-    } else if let Some(s) = status.signal() {
-        (128 + s) as u8
-    } else {
-        1
-    }
-}
-
 /// Spawns the child and waits for it (and for its masked output to drain).
 pub async fn run(spec: ChildSpec) -> Result<u8, SpawnError> {
     let program = spec.command.first().cloned().ok_or(SpawnError {
-        code: 2,
+        code: crate::exit::EXIT_USAGE,
         message: "no command given".into(),
     })?;
     let shown = program.to_string_lossy().to_string();
@@ -108,23 +96,13 @@ pub async fn run(spec: ChildSpec) -> Result<u8, SpawnError> {
     // Handlers go in before the spawn so no signal is lost in between; the child's exec
     // resets them to their defaults.
     let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED).map_err(|e| SpawnError {
-        code: 125,
+        code: crate::exit::EXIT_KZ,
         message: format!("cannot install signal handlers: {e}"),
     })?;
     let handle = signals.handle();
 
     let mut child = cmd.spawn().map_err(|e| {
-        let (code, why) = match e.kind() {
-            std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
-            std::io::ErrorKind::PermissionDenied => {
-                (126, "permission denied (not executable)".to_string())
-            }
-            _ if e.raw_os_error() == Some(nix::libc::ENOEXEC) => {
-                (126, "not an executable format".to_string())
-            }
-            _ if e.raw_os_error() == Some(nix::libc::EISDIR) => (126, "is a directory".to_string()),
-            _ => (126, e.to_string().to_lowercase()),
-        };
+        let (code, why) = crate::exit::of_spawn_error(&e);
         handle.close();
         SpawnError {
             code,
@@ -161,10 +139,10 @@ pub async fn run(spec: ChildSpec) -> Result<u8, SpawnError> {
     handle.close();
     let _ = forwarder.join();
     let status = status.map_err(|e| SpawnError {
-        code: 125,
+        code: crate::exit::EXIT_KZ,
         message: format!("waiting for {shown}: {e}"),
     })?;
-    Ok(exit_code(status))
+    Ok(crate::exit::of_status(status))
 }
 
 /// Copies `r` to `w` through a masker until EOF. Stops reading when `w` is closed, so the

@@ -29,6 +29,7 @@ mod cmd;
 mod conceal;
 mod config;
 mod env;
+mod exit;
 mod http;
 mod lru;
 mod mask;

@@ -297,7 +297,8 @@ pub fn doctor(a: DoctorArgs) -> Outcome {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&list).map_err(|e| Failure::new(1, e.to_string()))?
+            serde_json::to_string_pretty(&list)
+                .map_err(|e| Failure::new(crate::exit::EXIT_FAIL, e.to_string()))?
         );
     } else {
         for c in &checks {

@@ -60,7 +60,7 @@ fn apply_rules(
     backend: kz_netns::rules::Backend,
 ) -> Result<(), Failure> {
     kz_netns::sandbox::apply_rules(spec, backend)
-        .map_err(|e| Failure::new(1, format!("init-network: {e}")))
+        .map_err(|e| Failure::new(crate::exit::EXIT_FAIL, format!("init-network: {e}")))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -55,8 +55,12 @@ struct PrivateDir {
 /// The helper: enter the namespaces, set them up, hand over the listeners, become the agent.
 pub fn helper() -> Outcome {
     use kz_netns::sandbox;
-    let raw = std::env::var(SPEC_VAR)
-        .map_err(|_| Failure::new(2, "__isolate-helper is internal to kz run --isolate"))?;
+    let raw = std::env::var(SPEC_VAR).map_err(|_| {
+        Failure::new(
+            crate::exit::EXIT_USAGE,
+            "__isolate-helper is internal to kz run --isolate",
+        )
+    })?;
     let spec: Spec = serde_json::from_str(&raw)
         .map_err(|e| Failure::new(EXIT_KZ, format!("isolation: bad helper spec: {e}")))?;
     let setup = || -> Result<(), kz_netns::NetnsError> {
@@ -117,13 +121,7 @@ pub fn helper() -> Outcome {
     let command: Vec<OsString> = spec.command.iter().map(OsString::from).collect();
     match sandbox::drop_and_exec(&command, &[SPEC_VAR, "SSH_AUTH_SOCK"], spec.run_as) {
         kz_netns::NetnsError::Exec(program, e) => {
-            let (code, why) = match e.kind() {
-                std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
-                std::io::ErrorKind::PermissionDenied => {
-                    (126, "permission denied (not executable)".to_string())
-                }
-                _ => (126, e.to_string().to_lowercase()),
-            };
+            let (code, why) = crate::exit::of_spawn_error(&e);
             Err(Failure::new(code, format!("{program}: {why}")))
         }
         other => Err(Failure::new(EXIT_KZ, other.to_string())),

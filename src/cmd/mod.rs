@@ -64,10 +64,7 @@ use crate::config::{self, Config};
 use crate::env::{Env, ProcessEnv};
 use crate::provider::{resolve_all, ProviderSet, Resolved};
 
-/// Exit code when kz itself fails before or while starting the child.
-pub const EXIT_KZ: u8 = 125;
-/// A command that could not do its job (bad input, a failed check, an unreachable service).
-pub const EXIT_FAIL: u8 = 1;
+pub use crate::exit::{EXIT_FAIL, EXIT_KZ};
 
 /// A failed command: one line per problem, and the exit code.
 #[derive(Debug)]

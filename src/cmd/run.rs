@@ -101,7 +101,7 @@ pub fn run(args: RunArgs) -> Outcome {
     }
     let run_as = match args.user.as_deref().map(parse_user) {
         Some(Ok(u)) => Some(u),
-        Some(Err(e)) => return Err(Failure::new(2, e)),
+        Some(Err(e)) => return Err(Failure::new(crate::exit::EXIT_USAGE, e)),
         None => None,
     };
     if run_as.is_some() && !nix::unistd::getuid().is_root() {

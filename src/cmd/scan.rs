@@ -14,8 +14,6 @@ use zeroize::Zeroizing;
 use super::{load_config, process_env, resolve_config, runtime, Failure, Outcome};
 use crate::cli::ScanArgs;
 
-const EXIT_FOUND: u8 = 1;
-
 /// Line, secret name, form.
 type Finding = (usize, String, &'static str);
 /// A file's shown path and its findings.
@@ -134,7 +132,7 @@ fn report(path: &str, findings: &[(usize, &str, &'static str)]) {
 
 pub fn scan(a: ScanArgs) -> Outcome {
     let env = process_env();
-    let cfg = load_config(a.config.config.as_deref(), &*env, EXIT_FOUND)?;
+    let cfg = load_config(a.config.config.as_deref(), &*env, crate::exit::EXIT_FAIL)?;
     let audit = crate::audit::Audit::disabled();
     let rt = runtime()?;
     let results = rt.block_on(resolve_config(&cfg, env, &audit));
@@ -153,7 +151,7 @@ pub fn scan(a: ScanArgs) -> Outcome {
     }
     let Some(scanner) = Scanner::new(&values) else {
         return Err(Failure::new(
-            EXIT_FOUND,
+            crate::exit::EXIT_FAIL,
             "no resolved value is long enough to look for",
         ));
     };
@@ -162,7 +160,7 @@ pub fn scan(a: ScanArgs) -> Outcome {
         let mut data = Vec::new();
         std::io::stdin()
             .read_to_end(&mut data)
-            .map_err(|e| Failure::new(EXIT_FOUND, format!("stdin: {e}")))?;
+            .map_err(|e| Failure::new(crate::exit::EXIT_FAIL, format!("stdin: {e}")))?;
         let f = scanner.scan(&data);
         found += f.len();
         report("<stdin>", &f);
@@ -230,9 +228,9 @@ pub fn scan(a: ScanArgs) -> Outcome {
     }
     if found > 0 {
         eprintln!("kz: {found} finding(s); values not shown");
-        Ok(EXIT_FOUND)
+        Ok(crate::exit::EXIT_FAIL)
     } else if !problems.is_empty() {
-        Ok(EXIT_FOUND)
+        Ok(crate::exit::EXIT_FAIL)
     } else {
         Ok(0)
     }

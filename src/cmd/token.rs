@@ -22,10 +22,17 @@ pub fn token(cmd: TokenCommand) -> Outcome {
             format!("--ttl {ttl:?}: invalid duration (examples: 15m, 1h)"),
         )
     })?;
-    let mut c: Value = serde_json::from_str(&claims)
-        .map_err(|e| Failure::new(2, format!("--claims: invalid json: {e}")))?;
+    let mut c: Value = serde_json::from_str(&claims).map_err(|e| {
+        Failure::new(
+            crate::exit::EXIT_USAGE,
+            format!("--claims: invalid json: {e}"),
+        )
+    })?;
     let Some(obj) = c.as_object_mut() else {
-        return Err(Failure::new(2, "--claims must be a json object"));
+        return Err(Failure::new(
+            crate::exit::EXIT_USAGE,
+            "--claims must be a json object",
+        ));
     };
     let now = now();
     obj.insert("iss".into(), issuer.into());
