@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use serde_json::{Map, Value};
+use serde::Serialize;
 
 /// Rewrites a finished line before it is written (blind mode: real values and tokens become
 /// `{NAME}`).
@@ -61,15 +61,22 @@ impl Audit {
         self.file.is_some()
     }
 
-    /// Appends one event; `time` and `event` are added first. Write failures go to stderr
-    /// once per line rather than failing the caller.
-    pub fn record(&self, event: &str, fields: Map<String, Value>) {
+    /// Appends one event: `time` and `event`, then the record's fields. Write failures go to
+    /// stderr once per line rather than failing the caller.
+    pub fn record(&self, event: &str, fields: &impl Serialize) {
         let Some(file) = &self.file else { return };
-        let mut obj = Map::new();
-        obj.insert("time".into(), crate::time::Utc::now().rfc3339().into());
-        obj.insert("event".into(), event.into());
-        obj.extend(fields);
-        let mut line = Value::Object(obj).to_string();
+        let line = Line {
+            time: crate::time::Utc::now().rfc3339(),
+            event,
+            fields,
+        };
+        let mut line = match serde_json::to_string(&line) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("kz: audit log: cannot write a {event} line: {e}");
+                return;
+            }
+        };
         if let Some(filter) = self.filter.get() {
             line = filter(&line);
         }
@@ -82,6 +89,61 @@ impl Audit {
     }
 }
 
+#[derive(Serialize)]
+struct Line<'a, T> {
+    time: String,
+    event: &'a str,
+    #[serde(flatten)]
+    fields: &'a T,
+}
+
+/// Milliseconds with microsecond precision, as every `latency_ms` field has.
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// `resolve`: one secret's resolution by `kz run` and the commands that resolve.
+#[derive(Serialize)]
+pub struct Resolve<'a> {
+    pub name: &'a str,
+    pub provider: &'a str,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    pub latency_ms: f64,
+}
+
+/// `request`: one request forwarded by the blind proxy (paths with tokens shown as `{NAME}`).
+#[derive(Serialize)]
+pub struct Request<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The names of the secrets swapped in.
+    pub secrets: Vec<&'a str>,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    pub latency_ms: f64,
+}
+
+/// `tunnel`: a CONNECT to a host no secret is bound to, passed through undecrypted.
+#[derive(Serialize)]
+pub struct Tunnel<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub latency_ms: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,13 +154,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let a = Audit::open(&path).unwrap();
-        let mut m = Map::new();
-        m.insert("name".into(), "X".into());
-        a.record("resolve", m.clone());
-        a.record("resolve", m);
+        let m = serde_json::json!({"name": "X"});
+        a.record("resolve", &m);
+        a.record("resolve", &m);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
-        let v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(v["event"], "resolve");
         assert_eq!(v["name"], "X");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

@@ -331,7 +331,10 @@ pub fn basic_decoded(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
 
 /// Swaps tokens inside `Basic` credentials: decode, swap, re-encode. `Ok(None)`: not Basic or
 /// nothing to swap.
-pub fn swap_basic(value: &[u8], swap: &Arc<PatternSet>) -> Result<Option<Vec<u8>>, usize> {
+pub fn swap_basic(
+    value: &[u8],
+    swap: &Arc<PatternSet>,
+) -> Result<Option<Vec<u8>>, crate::conceal::replace::Forbidden> {
     let Some(decoded) = basic_decoded(value) else {
         return Ok(None);
     };
@@ -438,8 +441,14 @@ mod tests {
                 .unwrap(),
             b"token ghp_real&v/1"
         );
-        assert_eq!(h.headers.replace_all(format!("x {sl}").as_bytes()), Err(1));
-        assert_eq!(h.body_raw.replace_all(format!("x {sl}").as_bytes()), Err(1));
+        assert_eq!(
+            h.headers.replace_all(format!("x {sl}").as_bytes()),
+            Err(crate::conceal::replace::Forbidden(1))
+        );
+        assert_eq!(
+            h.body_raw.replace_all(format!("x {sl}").as_bytes()),
+            Err(crate::conceal::replace::Forbidden(1))
+        );
         let slack = t.for_host("hooks.slack.com", 443);
         let body = format!("{{\"t\":\"{sl}\"}}");
         assert_eq!(
@@ -455,7 +464,7 @@ mod tests {
             t.for_host("evil.example", 443)
                 .headers
                 .replace_all(gh.as_bytes()),
-            Err(0)
+            Err(crate::conceal::replace::Forbidden(0))
         );
     }
 
@@ -554,7 +563,10 @@ mod tests {
         );
         assert_eq!(out, expect.as_bytes());
         let evil = t.for_host("evil.example", 443);
-        assert_eq!(swap_basic(header.as_bytes(), &evil.headers), Err(0));
+        assert_eq!(
+            swap_basic(header.as_bytes(), &evil.headers),
+            Err(crate::conceal::replace::Forbidden(0))
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub fn policy(cmd: PolicyCommand) -> Outcome {
                     .map(|o| {
                         let result = match &o.result {
                             Ok(b) => json!(b),
-                            Err(e) => json!({ "error": e }),
+                            Err(e) => json!({ "error": e.to_string() }),
                         };
                         json!({"rule": o.rule, "effect": o.effect.name(), "result": result})
                     })

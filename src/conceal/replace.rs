@@ -14,6 +14,12 @@ use zeroize::Zeroizing;
 /// A pattern or replacement; may hold secret material, so it is wiped on drop.
 pub type Bytes = Zeroizing<Vec<u8>>;
 
+/// A forbidden pattern was found (a token of secret `.0` where that secret is not bound): the
+/// replacer stops rather than pass it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("pattern {0} may not pass here")]
+pub struct Forbidden(pub usize);
+
 /// Compiled patterns and what each becomes (`None`: forbidden).
 pub struct PatternSet {
     main: Layer,
@@ -309,8 +315,8 @@ impl PatternSet {
                 && !self.hits(data).is_empty())
     }
 
-    /// Replaces every pattern in a complete buffer; `Err(index)` for a forbidden pattern.
-    pub fn replace_all(self: &Arc<Self>, data: &[u8]) -> Result<Option<Vec<u8>>, usize> {
+    /// Replaces every pattern in a complete buffer; `Err` for a forbidden pattern.
+    pub fn replace_all(self: &Arc<Self>, data: &[u8]) -> Result<Option<Vec<u8>>, Forbidden> {
         self.replace_inner(data, None)
     }
 
@@ -320,7 +326,7 @@ impl PatternSet {
         self: &Arc<Self>,
         data: &[u8],
         seen: &mut std::collections::BTreeSet<usize>,
-    ) -> Result<Option<Vec<u8>>, usize> {
+    ) -> Result<Option<Vec<u8>>, Forbidden> {
         self.replace_inner(data, Some(seen))
     }
 
@@ -328,7 +334,7 @@ impl PatternSet {
         self: &Arc<Self>,
         data: &[u8],
         mut seen: Option<&mut std::collections::BTreeSet<usize>>,
-    ) -> Result<Option<Vec<u8>>, usize> {
+    ) -> Result<Option<Vec<u8>>, Forbidden> {
         if self.wrapped.is_some() && data.len() > WHOLE_BUFFER {
             let mut s = self.stream();
             let mut out = Vec::with_capacity(data.len() + 64);
@@ -348,7 +354,7 @@ impl PatternSet {
         let mut out = Vec::with_capacity(data.len() + 64);
         let mut last = 0;
         for h in hits {
-            let rep = self.replacements[h.idx].as_ref().ok_or(h.idx)?;
+            let rep = self.replacements[h.idx].as_ref().ok_or(Forbidden(h.idx))?;
             if let Some(seen) = seen.as_deref_mut() {
                 seen.insert(h.idx);
             }
@@ -371,14 +377,14 @@ pub struct StreamReplacer {
 impl StreamReplacer {
     /// Feeds a chunk; appends to `out` what can be released now. `Err(index)` when a
     /// forbidden pattern is met (nothing from that point on is released).
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), Forbidden> {
         self.pending.extend_from_slice(chunk);
         let boundary = self.set.boundary(&self.pending);
         self.release(boundary, out)
     }
 
     /// End of stream: releases everything still held.
-    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), usize> {
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Forbidden> {
         let len = self.pending.len();
         self.release(len, out)
     }
@@ -388,7 +394,7 @@ impl StreamReplacer {
         &self.seen
     }
 
-    fn release(&mut self, boundary: usize, out: &mut Vec<u8>) -> Result<(), usize> {
+    fn release(&mut self, boundary: usize, out: &mut Vec<u8>) -> Result<(), Forbidden> {
         let mut emitted = 0;
         for m in self.set.hits(&self.pending[..]) {
             // A match starting in the held tail may still grow; leave it for the next chunk.
@@ -399,7 +405,7 @@ impl StreamReplacer {
             let Some(rep) = self.set.replacements[idx].as_ref() else {
                 out.extend_from_slice(&self.pending[emitted..m.start]);
                 self.pending.drain(..m.start);
-                return Err(idx);
+                return Err(Forbidden(idx));
             };
             out.extend_from_slice(&self.pending[emitted..m.start]);
             out.extend_from_slice(rep);
@@ -434,9 +440,9 @@ mod tests {
         let mut out = Vec::new();
         r.push(b"x=KZ_TOK_a&y=KZ_T", &mut out).unwrap();
         assert_eq!(out, b"x=value-a&y=");
-        assert_eq!(r.push(b"OK_b&z", &mut out), Err(1));
+        assert_eq!(r.push(b"OK_b&z", &mut out), Err(Forbidden(1)));
         assert_eq!(out, b"x=value-a&y=");
-        assert_eq!(set.replace_all(b"KZ_TOK_a KZ_TOK_b"), Err(1));
+        assert_eq!(set.replace_all(b"KZ_TOK_a KZ_TOK_b"), Err(Forbidden(1)));
         assert_eq!(set.replace_all(b"none").unwrap(), None);
         assert_eq!(
             set.replace_all(b"<KZ_TOK_a>").unwrap().unwrap(),

@@ -3,6 +3,23 @@
 
 use std::fmt;
 
+/// Why a host pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPatternError {
+    #[error("empty host pattern")]
+    Empty,
+    #[error(
+        "invalid host pattern {0:?}: give a host name, not a url (example: \"api.example.com\")"
+    )]
+    Url(String),
+    #[error("invalid host pattern {0:?}: '*' is only allowed as a whole first label (\"*.example.com\")")]
+    Star(String),
+    #[error("invalid host pattern {0:?}")]
+    Invalid(String),
+    #[error("invalid port in host pattern {0:?}")]
+    Port(String),
+}
+
 /// One host pattern. `*.example.com` matches any name with at least one more label, never
 /// `example.com` itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,15 +31,13 @@ pub struct HostPattern {
 }
 
 impl HostPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, HostPatternError> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty host pattern".into());
+            return Err(HostPatternError::Empty);
         }
         if s.contains("://") || s.contains('/') {
-            return Err(format!(
-                "invalid host pattern {s:?}: give a host name, not a url (example: \"api.example.com\")"
-            ));
+            return Err(HostPatternError::Url(s.into()));
         }
         let (host, port) = split_port(s)?;
         let (wildcard, host) = match host.strip_prefix("*.") {
@@ -30,9 +45,7 @@ impl HostPattern {
             None => (false, host),
         };
         if host.contains('*') {
-            return Err(format!(
-                "invalid host pattern {s:?}: '*' is only allowed as a whole first label (\"*.example.com\")"
-            ));
+            return Err(HostPatternError::Star(s.into()));
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let valid = !host.is_empty()
@@ -44,7 +57,7 @@ impl HostPattern {
             });
         let is_ipv6 = host.starts_with('[') && host.ends_with(']');
         if !valid && !is_ipv6 {
-            return Err(format!("invalid host pattern {s:?}"));
+            return Err(HostPatternError::Invalid(s.into()));
         }
         Ok(HostPattern {
             host,
@@ -71,7 +84,7 @@ impl HostPattern {
     }
 }
 
-fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
+fn split_port(s: &str) -> Result<(&str, Option<u16>), HostPatternError> {
     if s.starts_with('[') {
         // [v6]:port
         if let Some(end) = s.find(']') {
@@ -83,7 +96,7 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
                 return parse_port(s, p).map(|p| (&s[..=end], Some(p)));
             }
         }
-        return Err(format!("invalid host pattern {s:?}"));
+        return Err(HostPatternError::Invalid(s.into()));
     }
     match s.rsplit_once(':') {
         Some((h, p)) => parse_port(s, p).map(|p| (h, Some(p))),
@@ -91,10 +104,10 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
     }
 }
 
-fn parse_port(whole: &str, p: &str) -> Result<u16, String> {
+fn parse_port(whole: &str, p: &str) -> Result<u16, HostPatternError> {
     match p.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("invalid port in host pattern {whole:?}")),
+        _ => Err(HostPatternError::Port(whole.into())),
     }
 }
 

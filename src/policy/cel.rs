@@ -79,13 +79,34 @@ fn nesting(src: &str) -> usize {
     max
 }
 
+const UNPARSED: &str = "the expression could not be parsed";
+
+/// Why a rule does not compile, or did not evaluate to a boolean.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CelError {
+    #[error("rule longer than {MAX_RULE_LEN} bytes")]
+    TooLong,
+    #[error("rule nested deeper than {MAX_NESTING} levels")]
+    TooDeep,
+    #[error("invalid cel: {0}")]
+    Syntax(String),
+    #[error("rule references {0} (only identity, secret and request are available)")]
+    Unknown(String),
+    #[error("rule evaluated to {0} instead of a boolean")]
+    NotBoolean(&'static str),
+    #[error("{0}")]
+    Eval(String),
+    #[error("{0}: {1}")]
+    Variable(&'static str, String),
+}
+
 impl Condition {
-    pub fn compile(src: &str) -> Result<Condition, String> {
+    pub fn compile(src: &str) -> Result<Condition, CelError> {
         if src.len() > MAX_RULE_LEN {
-            return Err(format!("rule longer than {MAX_RULE_LEN} bytes"));
+            return Err(CelError::TooLong);
         }
         if nesting(src) > MAX_NESTING {
-            return Err(format!("rule nested deeper than {MAX_NESTING} levels"));
+            return Err(CelError::TooDeep);
         }
         // The parser panics on some malformed input instead of returning an error: catch it,
         // with the panic message silenced (this runs only while a bundle loads).
@@ -97,16 +118,15 @@ impl Condition {
         let program: Program = match compiled {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                return Err(format!(
-                    "invalid cel: {}",
+                return Err(CelError::Syntax(
                     e.to_string()
                         .lines()
                         .next()
                         .unwrap_or("parse error")
-                        .to_lowercase()
+                        .to_lowercase(),
                 ))
             }
-            Err(_) => return Err("invalid cel: the expression could not be parsed".into()),
+            Err(_) => return Err(CelError::Syntax(UNPARSED.into())),
         };
         let bound = macro_variables(src);
         let mut unknown: Vec<String> = program
@@ -118,14 +138,11 @@ impl Condition {
             .collect();
         if !unknown.is_empty() {
             unknown.sort();
-            return Err(format!(
-                "rule references {} (only identity, secret and request are available)",
-                unknown.join(", ")
-            ));
+            return Err(CelError::Unknown(unknown.join(", ")));
         }
         let expr = cel_parser::Parser::default()
             .parse(src)
-            .map_err(|_| "invalid cel: the expression could not be parsed".to_string())?;
+            .map_err(|_| CelError::Syntax(UNPARSED.into()))?;
         Ok(Condition {
             expr,
             source: src.to_string(),
@@ -138,18 +155,18 @@ impl Condition {
         identity: &serde_json::Value,
         secret: &serde_json::Value,
         request: &serde_json::Value,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CelError> {
         self.eval_in(&variables(identity, secret, request)?)
     }
 
     /// Evaluates in a context built once with `variables` (one per decision, shared by rules).
-    pub fn eval_in(&self, ctx: &Context<'_>) -> Result<bool, String> {
+    pub fn eval_in(&self, ctx: &Context<'_>) -> Result<bool, CelError> {
         boolean(&self.expr, ctx)
     }
 }
 
 /// Evaluates `e` to a boolean, applying CEL's error-absorbing logical operators.
-fn boolean(e: &IdedExpr, ctx: &Context<'_>) -> Result<bool, String> {
+fn boolean(e: &IdedExpr, ctx: &Context<'_>) -> Result<bool, CelError> {
     if let Expr::Call(c) = &e.expr {
         if c.target.is_none() {
             match (c.func_name.as_str(), c.args.as_slice()) {
@@ -169,17 +186,19 @@ fn boolean(e: &IdedExpr, ctx: &Context<'_>) -> Result<bool, String> {
     }
     match Value::resolve(e, ctx) {
         Ok(Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(format!(
-            "rule evaluated to {} instead of a boolean",
-            type_name(&other)
-        )),
-        Err(err) => Err(err.to_string().to_lowercase()),
+        Ok(other) => Err(CelError::NotBoolean(type_name(&other))),
+        Err(err) => Err(CelError::Eval(err.to_string().to_lowercase())),
     }
 }
 
 /// `a && b` (`decisive` false) or `a || b` (`decisive` true): either side equal to `decisive`
 /// decides, whatever the other is (even an error).
-fn logical(a: &IdedExpr, b: &IdedExpr, decisive: bool, ctx: &Context<'_>) -> Result<bool, String> {
+fn logical(
+    a: &IdedExpr,
+    b: &IdedExpr,
+    decisive: bool,
+    ctx: &Context<'_>,
+) -> Result<bool, CelError> {
     let left = boolean(a, ctx);
     if left == Ok(decisive) {
         return Ok(decisive);
@@ -202,9 +221,9 @@ pub fn variables(
     identity: &(impl serde::Serialize + ?Sized),
     secret: &serde_json::Value,
     request: &serde_json::Value,
-) -> Result<Context<'static>, String> {
-    let convert = |name: &str, v: &serde_json::Value| {
-        cel_interpreter::to_value(v).map_err(|e| format!("{name}: {e}"))
+) -> Result<Context<'static>, CelError> {
+    let convert = |name: &'static str, v: &serde_json::Value| {
+        cel_interpreter::to_value(v).map_err(|e| CelError::Variable(name, e.to_string()))
     };
     scope(
         identity,
@@ -218,9 +237,10 @@ pub fn scope(
     identity: &(impl serde::Serialize + ?Sized),
     secret: Value,
     request: Value,
-) -> Result<Context<'static>, String> {
+) -> Result<Context<'static>, CelError> {
     let mut ctx = builtins().new_inner_scope();
-    let identity = cel_interpreter::to_value(identity).map_err(|e| format!("identity: {e}"))?;
+    let identity = cel_interpreter::to_value(identity)
+        .map_err(|e| CelError::Variable("identity", e.to_string()))?;
     ctx.add_variable_from_value("identity", identity);
     ctx.add_variable_from_value("secret", secret);
     ctx.add_variable_from_value("request", request);
@@ -266,21 +286,19 @@ mod tests {
             "a missing claim is an error"
         );
         let e = Condition::compile("env.HOME == 'x'").unwrap_err();
-        assert!(e.contains("references env"), "{e}");
+        assert_eq!(e, CelError::Unknown("env".into()), "{e}");
         assert!(Condition::compile("identity.service ==").is_err());
         assert!(
-            Condition::compile(&format!("{}true{}", "(".repeat(40), ")".repeat(40)))
-                .unwrap_err()
-                .contains("nested")
+            Condition::compile(&format!("{}true{}", "(".repeat(40), ")".repeat(40))).unwrap_err()
+                == CelError::TooDeep
         );
-        assert!(Condition::compile(&"a".repeat(5000))
-            .unwrap_err()
-            .contains("longer"));
+        assert!(Condition::compile(&"a".repeat(5000)).unwrap_err() == CelError::TooLong);
         let n = Condition::compile("identity.exp").unwrap();
-        assert!(n
-            .eval(&json!({"exp": 5}), &json!({}), &json!({}))
-            .unwrap_err()
-            .contains("boolean"));
+        assert!(
+            n.eval(&json!({"exp": 5}), &json!({}), &json!({}))
+                .unwrap_err()
+                == CelError::NotBoolean("a number")
+        );
         let s = Condition::compile(
             "secret.ref.startsWith('secret/data/prod/') && request.action == 'resolve'",
         )

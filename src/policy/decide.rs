@@ -36,7 +36,7 @@ pub struct Outcome {
     pub rule: String,
     pub effect: Effect,
     /// `Ok(true)` the condition held, `Ok(false)` it did not, `Err` it failed to evaluate.
-    pub result: Result<bool, String>,
+    pub result: Result<bool, crate::policy::cel::CelError>,
 }
 
 /// The decision and the rules that made it.
@@ -78,9 +78,10 @@ pub fn decide(outcomes: &[Outcome]) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::cel::CelError;
     use proptest::prelude::*;
 
-    fn o(rule: &str, effect: Effect, result: Result<bool, String>) -> Outcome {
+    fn o(rule: &str, effect: Effect, result: Result<bool, CelError>) -> Outcome {
         Outcome {
             rule: rule.into(),
             effect,
@@ -94,12 +95,16 @@ mod tests {
         assert!(decide(std::slice::from_ref(&allow)).allowed);
         assert!(!decide(&[]).allowed, "nothing applies: deny");
         assert!(!decide(&[allow.clone(), o("p0/r1", Effect::Deny, Ok(true))]).allowed);
-        let failing = o("p1/r0", Effect::Deny, Err("no such key".into()));
+        let failing = o(
+            "p1/r0",
+            Effect::Deny,
+            Err(CelError::Eval("no such key".into())),
+        );
         let d = decide(&[allow.clone(), failing]);
         assert!(!d.allowed, "a failing deny rule denies");
         assert_eq!(d.matched, vec!["p1/r0"]);
         assert!(
-            !decide(&[o("a", Effect::Allow, Err("x".into()))]).allowed,
+            !decide(&[o("a", Effect::Allow, Err(CelError::Eval("x".into())))]).allowed,
             "a failing allow rule allows nothing"
         );
         let r = decide(&[allow, o("b", Effect::Reveal, Ok(true))]);
@@ -122,7 +127,7 @@ mod tests {
                 result: match r {
                     0 => Ok(true),
                     1 => Ok(false),
-                    _ => Err("error".into()),
+                    _ => Err(CelError::Eval("error".into())),
                 },
             })
     }

@@ -61,23 +61,28 @@ enum GlobSegment {
     Any,
 }
 
+/// Why a policy path pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    #[error("pattern {0:?} has an empty segment")]
+    EmptySegment(String),
+    #[error("pattern {0:?}: '*' must be a whole segment (\"*\" or \"**\")")]
+    PartialStar(String),
+    #[error("pattern {0:?} has a '.', '..' or encoded segment")]
+    DotOrEncoded(String),
+}
+
 impl Glob {
-    pub fn parse(pattern: &str) -> Result<Glob, String> {
+    pub fn parse(pattern: &str) -> Result<Glob, GlobError> {
         let mut segments = Vec::new();
         for s in pattern.split('/') {
             segments.push(match s {
-                "" => return Err(format!("pattern {pattern:?} has an empty segment")),
+                "" => return Err(GlobError::EmptySegment(pattern.into())),
                 "*" => GlobSegment::One,
                 "**" => GlobSegment::Any,
-                s if s.contains('*') => {
-                    return Err(format!(
-                        "pattern {pattern:?}: '*' must be a whole segment (\"*\" or \"**\")"
-                    ))
-                }
+                s if s.contains('*') => return Err(GlobError::PartialStar(pattern.into())),
                 s if s == "." || s == ".." || s.contains('%') => {
-                    return Err(format!(
-                        "pattern {pattern:?} has a '.', '..' or encoded segment"
-                    ))
+                    return Err(GlobError::DotOrEncoded(pattern.into()))
                 }
                 s => GlobSegment::Literal(s.to_string()),
             });

@@ -255,8 +255,21 @@ pub fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
     format!("{msg}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
 }
 
+/// Why a public key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM public key")]
+    NotPem,
+    #[error("malformed public key")]
+    Malformed,
+    #[error("unsupported elliptic curve (use P-256 or P-384)")]
+    Curve,
+    #[error("unsupported public key type (use RSA, EC P-256/P-384 or Ed25519)")]
+    Type,
+}
+
 /// Reads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) into a verification key.
-pub fn key_from_pem(pem: &str) -> Result<Key, String> {
+pub fn key_from_pem(pem: &str) -> Result<Key, KeyError> {
     let body: String = pem
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN PUBLIC KEY-----"))
@@ -265,13 +278,13 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
         .collect();
     let der = base64::engine::general_purpose::STANDARD
         .decode(body.trim())
-        .map_err(|_| "not a PEM public key".to_string())?;
+        .map_err(|_| KeyError::NotPem)?;
     key_from_spki(&der)
 }
 
 /// One DER element: (tag, contents, rest).
-fn der(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let bad = || "malformed public key".to_string();
+fn der(input: &[u8]) -> Result<(u8, &[u8], &[u8]), KeyError> {
+    let bad = || KeyError::Malformed;
     let tag = *input.first().ok_or_else(bad)?;
     let first = *input.get(1).ok_or_else(bad)? as usize;
     let (len, hdr) = if first < 0x80 {
@@ -294,7 +307,7 @@ fn der(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
     Ok((tag, &input[hdr..end], &input[end..]))
 }
 
-fn key_from_spki(spki: &[u8]) -> Result<Key, String> {
+fn key_from_spki(spki: &[u8]) -> Result<Key, KeyError> {
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -305,7 +318,7 @@ fn key_from_spki(spki: &[u8]) -> Result<Key, String> {
     let (_, oid, params) = der(alg_id)?;
     let (tag, bits, _) = der(rest)?;
     if tag != 0x03 || bits.first() != Some(&0) {
-        return Err("malformed public key".into());
+        return Err(KeyError::Malformed);
     }
     let pk = bits[1..].to_vec();
     if oid == RSA {
@@ -321,12 +334,12 @@ fn key_from_spki(spki: &[u8]) -> Result<Key, String> {
                 p384: true,
                 point: pk,
             }),
-            _ => Err("unsupported elliptic curve (use P-256 or P-384)".into()),
+            _ => Err(KeyError::Curve),
         }
     } else if oid == ED25519 {
         Ok(Key::Ed25519(pk))
     } else {
-        Err("unsupported public key type (use RSA, EC P-256/P-384 or Ed25519)".into())
+        Err(KeyError::Type)
     }
 }
 

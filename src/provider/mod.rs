@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::audit::Audit;
@@ -416,10 +416,6 @@ fn audit_resolution(audit: &Audit, r: &Resolved) {
     if !audit.enabled() {
         return;
     }
-    let mut m = Map::new();
-    m.insert("name".into(), r.spec.name.clone().into());
-    m.insert("provider".into(), r.spec.provider.name().into());
-    m.insert("ref".into(), display_ref(&r.spec).into());
     let (outcome, error) = match &r.outcome {
         Ok(Some(_)) => ("ok", None),
         Ok(None) => ("missing_optional", None),
@@ -431,18 +427,18 @@ fn audit_resolution(audit: &Audit, r: &Resolved) {
                 ErrorKind::Config => "config_error",
                 ErrorKind::Backend => "backend_error",
             },
-            Some(e.message.clone()),
+            Some(e.message.as_str()),
         ),
     };
-    m.insert("outcome".into(), outcome.into());
-    if let Some(e) = error {
-        m.insert("error".into(), e.into());
-    }
-    m.insert(
-        "latency_ms".into(),
-        Value::from((r.latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
-    );
-    audit.record("resolve", m);
+    let record = crate::audit::Resolve {
+        name: &r.spec.name,
+        provider: r.spec.provider.name(),
+        reference: display_ref(&r.spec),
+        outcome,
+        error,
+        latency_ms: crate::audit::millis(r.latency),
+    };
+    audit.record("resolve", &record);
 }
 
 /// Picks `key` out of a JSON value: a JSON pointer when it starts with `/`, else a top-level

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::upstream::{Body, BoxError};
-use crate::conceal::replace::{PatternSet, StreamReplacer};
+use crate::conceal::replace::{Forbidden, PatternSet, StreamReplacer};
 
 /// Shared between a streamed body and the request handler: what was found in the stream.
 #[derive(Default)]
@@ -251,7 +251,7 @@ impl Transform {
         match res {
             Ok(()) if self.scan => Ok(data.to_vec()),
             Ok(()) => Ok(out),
-            Err(idx) => {
+            Err(Forbidden(idx)) => {
                 *self.report.refused.lock().unwrap() = Some(idx);
                 Err(Box::new(Refused(idx)))
             }
@@ -273,7 +273,7 @@ impl Transform {
                         .map_err(|_| -> BoxError { "a trailer kz cannot rewrite".into() })?
                 }
                 Ok(None) => {}
-                Err(idx) => {
+                Err(Forbidden(idx)) => {
                     *self.report.refused.lock().unwrap() = Some(idx);
                     return Err(Box::new(Refused(idx)));
                 }

@@ -15,17 +15,18 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value};
 
 use super::body::{
     collect_limited, decode_all, empty, full, reserve_buffer, Coding, StreamReport, Transform,
     MAX_CODINGS,
 };
+use super::refusal::Refusal;
 use super::upstream::{Body, BoxError, PrivateAddress};
 use super::ws;
-use super::{split_authority, text_response, Dest, Proxy};
+use super::{split_authority, Dest, Proxy};
 use crate::blind::jsonesc::{is_json_like, JsonUnescape};
 use crate::blind::{basic_decoded, swap_basic, HostSwap};
+use crate::conceal::replace::Forbidden;
 
 /// Bodies with a `Content-Length` up to this size are swapped whole, so the length stays exact.
 pub const MAX_BUFFERED_REQUEST: u64 = 8 << 20;
@@ -62,9 +63,9 @@ enum HeadRefusal {
     Stale,
 }
 
-impl From<usize> for HeadRefusal {
-    fn from(i: usize) -> Self {
-        HeadRefusal::Unbound(i)
+impl From<Forbidden> for HeadRefusal {
+    fn from(f: Forbidden) -> Self {
+        HeadRefusal::Unbound(f.0)
     }
 }
 
@@ -184,10 +185,7 @@ async fn read_whole(
     };
     match collect_limited(body, MAX_BUFFERED_REQUEST as usize).await {
         Ok(d) => Ok((d, share)),
-        Err(e) => Err(text_response(
-            StatusCode::BAD_REQUEST,
-            &format!("kz: reading request body: {e}\n"),
-        )),
+        Err(e) => Err(proxy.answer(Refusal::bad_request(format!("reading request body: {e}")))),
     }
 }
 
@@ -463,7 +461,7 @@ async fn intercepted_inner(
         let data = if encoded {
             // Compressed: decoded and checked on the side, then passed as it came.
             match decode_all(&request_codings, &data).map(|plain| set.replace_all(&plain)) {
-                Ok(Err(i)) => return refuse_token(&proxy, &dest, i),
+                Ok(Err(Forbidden(i))) => return refuse_token(&proxy, &dest, i),
                 Ok(Ok(_)) => data,
                 Err(e) => {
                     return proxy.refuse(
@@ -475,7 +473,7 @@ async fn intercepted_inner(
             }
         } else {
             match set.replace_noting(&data, &mut seen.lock().unwrap()) {
-                Err(i) => return refuse_token(&proxy, &dest, i),
+                Err(Forbidden(i)) => return refuse_token(&proxy, &dest, i),
                 Ok(Some(v)) => Bytes::from(v),
                 Ok(None) => data,
             }
@@ -510,13 +508,13 @@ async fn intercepted_inner(
                 headers.insert(HOST, h);
                 path_and_query.parse()
             }
-            Err(_) => return text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"),
+            Err(_) => return proxy.answer(Refusal::bad_request("bad request target")),
         },
         None => format!("{scheme}://{authority}{path_and_query}").parse(),
     };
     *up.uri_mut() = match target {
         Ok(u) => u,
-        Err(_) => return text_response(StatusCode::BAD_REQUEST, "kz: bad request target\n"),
+        Err(_) => return proxy.answer(Refusal::bad_request("bad request target")),
     };
     *up.headers_mut() = headers;
 
@@ -532,10 +530,10 @@ async fn intercepted_inner(
     };
     let resp = match tokio::time::timeout(proxy.response_timeout, sent).await {
         Err(_) => {
-            return text_response(
+            return proxy.answer(Refusal::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
-                &format!("kz: {} did not answer in time\n", dest.host),
-            )
+                format!("{} did not answer in time", dest.host),
+            ))
         }
         Ok(Err(e)) => {
             if let Some(i) = *req_report.refused.lock().unwrap() {
@@ -544,10 +542,10 @@ async fn intercepted_inner(
             if let Some(p) = find_cause::<PrivateAddress>(&*e) {
                 return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &p.0);
             }
-            return text_response(
+            return proxy.answer(Refusal::upstream(
                 StatusCode::BAD_GATEWAY,
-                &format!("kz: upstream {}: {}\n", dest.host, error_chain(&*e)),
-            );
+                format!("upstream {}: {}", dest.host, error_chain(&*e)),
+            ));
         }
         Ok(Ok(r)) => r,
     };
@@ -623,31 +621,22 @@ async fn intercepted_inner(
             let Some((proxy, dest, method, path, seen, req_report)) = audit_ctx else {
                 return;
             };
-            let names: Vec<Value> = seen
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|i| Value::from(proxy.table.name(*i)))
-                .collect();
-            let mut m = Map::new();
-            m.insert("host".into(), dest.host.clone().into());
-            m.insert("port".into(), dest.port.into());
-            m.insert("method".into(), method.into());
-            m.insert("path".into(), path.into());
-            m.insert("secrets".into(), Value::Array(names));
-            m.insert("status".into(), status.into());
-            m.insert(
-                "bytes_out".into(),
-                bytes_out
-                    .unwrap_or_else(|| req_report.bytes.load(std::sync::atomic::Ordering::Relaxed))
-                    .into(),
-            );
-            m.insert("bytes_in".into(), bytes_in.into());
-            m.insert(
-                "latency_ms".into(),
-                Value::from((start.elapsed().as_secs_f64() * 1e6).round() / 1e3),
-            );
-            proxy.audit.record("request", m);
+            let seen = seen.lock().unwrap();
+            let record = crate::audit::Request {
+                host: &dest.host,
+                port: dest.port,
+                method: &method,
+                path: &path,
+                secrets: seen.iter().map(|i| proxy.table.name(*i)).collect(),
+                status,
+                upgrade: None,
+                bytes_out: Some(bytes_out.unwrap_or_else(|| {
+                    req_report.bytes.load(std::sync::atomic::Ordering::Relaxed)
+                })),
+                bytes_in: Some(bytes_in),
+                latency_ms: crate::audit::millis(start.elapsed()),
+            };
+            proxy.audit.record("request", &record);
         }
     };
     let body: Body = if no_body {
@@ -662,10 +651,10 @@ async fn intercepted_inner(
         let data = match collect_limited(rbody, MAX_BUFFERED_RESPONSE as usize).await {
             Ok(d) => d,
             Err(e) => {
-                return text_response(
+                return proxy.answer(Refusal::upstream(
                     StatusCode::BAD_GATEWAY,
-                    &format!("kz: reading response from {}: {e}\n", dest.host),
-                )
+                    format!("reading response from {}: {e}", dest.host),
+                ))
             }
         };
         let data = if json_body {
@@ -796,10 +785,10 @@ async fn websocket(
     let mut sender = match h1_handshake(io).await {
         Ok(x) => x,
         Err(e) => {
-            return text_response(
+            return proxy.answer(Refusal::upstream(
                 StatusCode::BAD_GATEWAY,
-                &format!("kz: upstream {}: {e}\n", dest.host),
-            )
+                format!("upstream {}: {e}", dest.host),
+            ))
         }
     };
     let mut up = Request::new(empty());
@@ -823,34 +812,26 @@ async fn websocket(
     let mut resp = match h1_send(&mut sender, up).await {
         Ok(r) => r,
         Err(e) => {
-            return text_response(
+            return proxy.answer(Refusal::upstream(
                 StatusCode::BAD_GATEWAY,
-                &format!("kz: upstream {}: {e}\n", dest.host),
-            )
+                format!("upstream {}: {e}", dest.host),
+            ))
         }
     };
     let status = resp.status();
-    let mut m = Map::new();
-    m.insert("host".into(), dest.host.clone().into());
-    m.insert("port".into(), dest.port.into());
-    m.insert("method".into(), method.to_string().into());
-    m.insert("path".into(), head.shown_path.clone().into());
-    m.insert(
-        "secrets".into(),
-        Value::Array(
-            head.seen
-                .iter()
-                .map(|i| Value::from(proxy.table.name(*i)))
-                .collect(),
-        ),
-    );
-    m.insert("status".into(), status.as_u16().into());
-    m.insert("upgrade".into(), "websocket".into());
-    m.insert(
-        "latency_ms".into(),
-        Value::from(start.elapsed().as_millis() as u64),
-    );
-    proxy.audit.record("request", m);
+    let record = crate::audit::Request {
+        host: &dest.host,
+        port: dest.port,
+        method: method.as_str(),
+        path: &head.shown_path,
+        secrets: head.seen.iter().map(|i| proxy.table.name(*i)).collect(),
+        status: status.as_u16(),
+        upgrade: Some("websocket"),
+        bytes_out: None,
+        bytes_in: None,
+        latency_ms: crate::audit::millis(start.elapsed()),
+    };
+    proxy.audit.record("request", &record);
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         scrub_headers(&proxy, &mut parts.headers);
@@ -891,7 +872,7 @@ async fn websocket(
         };
         // Both directions have stopped; the agent gets one close frame saying why.
         match stop {
-            ws::Stop::Refused(i) => {
+            ws::Stop::Refused(Forbidden(i)) => {
                 let reason = format!(
                     "token of secret {} may not be sent to {} in a websocket message",
                     proxy.table.name(i),
@@ -1005,8 +986,8 @@ fn upstream_error(proxy: &Proxy, dest: &Dest, e: std::io::Error) -> Response<Bod
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
     }
-    text_response(
+    proxy.answer(Refusal::upstream(
         StatusCode::BAD_GATEWAY,
-        &format!("kz: cannot reach {}:{}: {e}\n", dest.host, dest.port),
-    )
+        format!("cannot reach {}:{}: {e}", dest.host, dest.port),
+    ))
 }

@@ -8,6 +8,7 @@ pub mod certdir;
 pub mod dns;
 pub mod h2serve;
 pub mod intercept;
+pub mod refusal;
 pub mod resign;
 pub mod session;
 pub mod sni;
@@ -24,17 +25,17 @@ use std::time::Duration;
 
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+use hyper::header::{HeaderValue, PROXY_AUTHORIZATION};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
 use crate::audit::Audit;
 use crate::blind::TokenTable;
 use crate::config::HostPattern;
 use body::{empty, full};
+use refusal::Refusal;
 use upstream::{Body, Upstream};
 
 /// Everything the proxy needs; shared by every connection.
@@ -88,14 +89,9 @@ impl Proxy {
         constant_time_eq(&decoded, expected.as_bytes())
     }
 
-    /// Records a refusal: an audit line and a one-line response.
+    /// Refuses by rule: an audit line and a one-line response.
     pub fn refuse(&self, status: StatusCode, host: &str, reason: &str) -> Response<Body> {
-        let mut m = Map::new();
-        m.insert("host".into(), host.into());
-        m.insert("status".into(), status.as_u16().into());
-        m.insert("reason".into(), reason.into());
-        self.audit.record("refused", m);
-        text_response(status, &format!("kz: refused: {reason}\n"))
+        self.answer(Refusal::denied(status, host, reason))
     }
 }
 
@@ -195,45 +191,26 @@ async fn handle(
     authenticate: bool,
 ) -> Result<Response<Body>, Infallible> {
     if authenticate && !proxy.authorized(&req) {
-        let mut r = text_response(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "kz: proxy credentials required (this proxy serves one kz run)\n",
-        );
-        r.headers_mut().insert(
-            PROXY_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"kz\""),
-        );
-        let mut m = Map::new();
-        m.insert("reason".into(), "missing or wrong proxy credentials".into());
-        m.insert("status".into(), 407.into());
-        proxy.audit.record("refused", m);
-        return Ok(r);
+        return Ok(proxy.answer(Refusal::ProxyAuth));
     }
     if req.method() == Method::CONNECT {
         return Ok(connect(proxy, req).await);
     }
     let uri = req.uri().clone();
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Ok(text_response(
-            StatusCode::BAD_REQUEST,
-            "kz: this is an http proxy: send absolute-form requests or CONNECT\n",
-        ));
+        return Ok(proxy.answer(Refusal::bad_request(
+            "this is an http proxy: send absolute-form requests or CONNECT",
+        )));
     };
     let tls = match scheme {
         "http" => false,
         "https" => true,
         other => {
-            return Ok(text_response(
-                StatusCode::BAD_REQUEST,
-                &format!("kz: unsupported scheme {other}\n"),
-            ))
+            return Ok(proxy.answer(Refusal::bad_request(format!("unsupported scheme {other}"))))
         }
     };
     let Some((host, port)) = split_authority(authority.as_str(), if tls { 443 } else { 80 }) else {
-        return Ok(text_response(
-            StatusCode::BAD_REQUEST,
-            "kz: bad request target\n",
-        ));
+        return Ok(proxy.answer(Refusal::bad_request("bad request target")));
     };
     if !proxy.allowed(&host, port) {
         let reason = format!("{host}:{port} is not in [network] allow");
@@ -249,7 +226,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         .authority()
         .and_then(|a| split_authority(a.as_str(), 443))
     else {
-        return text_response(StatusCode::BAD_REQUEST, "kz: CONNECT needs host:port\n");
+        return proxy.answer(Refusal::bad_request("CONNECT needs host:port"));
     };
     if !proxy.allowed(&host, port) {
         let reason = format!("{host}:{port} is not in [network] allow");
@@ -258,7 +235,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
     if proxy.table.intercepts(&host, port) {
         let cfg = match proxy.ca.server_config(&host) {
             Ok(c) => c,
-            Err(e) => return text_response(StatusCode::BAD_GATEWAY, &format!("kz: {e}\n")),
+            Err(e) => return proxy.answer(Refusal::upstream(StatusCode::BAD_GATEWAY, e)),
         };
         tokio::spawn(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
@@ -292,10 +269,10 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             return proxy.refuse(StatusCode::FORBIDDEN, &host, &e.to_string());
         }
         Err(e) => {
-            return text_response(
+            return proxy.answer(Refusal::upstream(
                 StatusCode::BAD_GATEWAY,
-                &format!("kz: cannot reach {host}:{port}: {e}\n"),
-            )
+                format!("cannot reach {host}:{port}: {e}"),
+            ))
         }
     };
     let audit = proxy.audit.clone();
@@ -322,16 +299,14 @@ pub async fn relay(
     let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
         .await
         .unwrap_or((0, 0));
-    let mut m = Map::new();
-    m.insert("host".into(), host.into());
-    m.insert("port".into(), port.into());
-    m.insert("bytes_out".into(), up.into());
-    m.insert("bytes_in".into(), down.into());
-    m.insert(
-        "latency_ms".into(),
-        Value::from(start.elapsed().as_millis() as u64),
-    );
-    audit.record("tunnel", m);
+    let record = crate::audit::Tunnel {
+        host,
+        port,
+        bytes_out: up,
+        bytes_in: down,
+        latency_ms: crate::audit::millis(start.elapsed()),
+    };
+    audit.record("tunnel", &record);
 }
 
 /// Serves HTTP on an intercepted TLS connection with the protocol ALPN chose (HTTP/1.1 when the

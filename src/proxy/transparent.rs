@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde_json::Map;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::sni::{peek, Peeked};
@@ -247,13 +246,12 @@ async fn dns_reply(query: &[u8], proxy: &Proxy, names: &NameMap) -> Option<Vec<u
         Err(ParseError::Malformed(id)) => format_error(id),
         Ok(q) => {
             if !proxy.allowed(&q.name, 443) && !proxy.allowed(&q.name, 80) {
-                let mut m = Map::new();
-                m.insert("host".into(), q.name.clone().into());
-                m.insert(
-                    "reason".into(),
-                    "dns query for a name outside [network] allow".into(),
-                );
-                proxy.audit.record("refused", m);
+                let record = super::refusal::Refused {
+                    host: Some(&q.name),
+                    status: None,
+                    reason: "dns query for a name outside [network] allow",
+                };
+                proxy.audit.record("refused", &record);
                 error(&q, Rcode::Refused)
             } else if proxy.upstream.resolver.exists(&q.name).await {
                 let addrs: Vec<IpAddr> = if q.qtype == TYPE_A {

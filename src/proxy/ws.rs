@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::conceal::replace::{PatternSet, StreamReplacer};
+use crate::conceal::replace::{Forbidden, PatternSet, StreamReplacer};
 
 /// Frames larger than this end the connection rather than being buffered.
 pub const MAX_FRAME: u64 = 16 << 20;
@@ -28,8 +28,8 @@ pub struct Frame {
 pub enum Stop {
     /// The stream ended or broke.
     Closed,
-    /// A forbidden pattern (a token of another host's secret), by index.
-    Refused(usize),
+    /// A forbidden pattern (a token of another host's secret), with its index.
+    Refused(Forbidden),
     /// Something kz will not pass on: a compressed or oversized frame.
     Unreadable(&'static str),
 }
@@ -144,7 +144,7 @@ impl Rewriter {
             match set.replace_all(&f.payload) {
                 Ok(Some(v)) => out = v,
                 Ok(None) => out = std::mem::take(&mut f.payload),
-                Err(i) => return Err(Stop::Refused(i)),
+                Err(f) => return Err(Stop::Refused(f)),
             }
         } else {
             let r = self.message.get_or_insert_with(|| set.stream());
@@ -261,7 +261,7 @@ mod tests {
         let mut guard = Rewriter::new(Some(set(&[("KZ_TOK_other", None)])));
         assert_eq!(
             guard.rewrite(frame(true, 1, Some([9, 9, 9, 9]), b"send KZ_TOK_other")),
-            Err(Stop::Refused(0))
+            Err(Stop::Refused(Forbidden(0)))
         );
         let mut compressed = frame(true, 1, None, b"..");
         compressed.rsv = 4;

@@ -10,6 +10,87 @@ use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 /// Lines that may wait in the queue before handlers wait for the writer.
 const QUEUE: usize = 16 * 1024;
 
+/// One decision-log line: a decision about one ref or name, or an allowed call that kz refused
+/// all the same. Built here only, for the HTTP API, the MCP tools and `kz mcp`.
+#[derive(Debug, serde::Serialize)]
+pub struct Record<'a> {
+    pub time: String,
+    pub event: &'static str,
+    /// Only the HTTP server numbers its decisions (the id is also in its answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<&'a str>,
+    pub issuer: Option<&'a serde_json::Value>,
+    pub subject: Option<&'a serde_json::Value>,
+    #[serde(rename = "ref")]
+    pub reference: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub action: &'a str,
+    /// `allow`, `deny`, or `refused`.
+    pub decision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+impl<'a> Record<'a> {
+    /// A decision about `subject` by the holder of `claims`.
+    pub fn decision(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        subject: &'a crate::server::engine::Subject<'a>,
+        d: &'a crate::policy::decide::Decision,
+        latency: std::time::Duration,
+    ) -> Self {
+        Record {
+            time: crate::time::Utc::now().rfc3339(),
+            event: "decision",
+            decision_id: None,
+            issuer: claims.get("iss"),
+            subject: claims.get("sub"),
+            reference: Some(subject.reference),
+            provider: subject.provider.map(|p| p.name()),
+            name: subject.name,
+            action: subject.action,
+            decision: if d.allowed { "allow" } else { "deny" },
+            matched: Some(&d.matched),
+            reason: None,
+            latency_ms: Some(crate::audit::millis(latency)),
+        }
+    }
+
+    /// An allowed call on secret `name` that kz refused all the same, and why.
+    pub fn refused(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        name: &'a str,
+        action: &'a str,
+        reason: &'a str,
+    ) -> Self {
+        Record {
+            time: crate::time::Utc::now().rfc3339(),
+            event: "decision",
+            decision_id: None,
+            issuer: claims.get("iss"),
+            subject: claims.get("sub"),
+            reference: None,
+            provider: None,
+            name: Some(name),
+            action,
+            decision: "refused",
+            matched: None,
+            reason: Some(reason),
+            latency_ms: None,
+        }
+    }
+
+    /// The line, without its newline.
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).expect("a decision record serializes")
+    }
+}
+
 enum Msg {
     Line(String),
     Flush(Sender<()>),

@@ -133,7 +133,7 @@ impl Engine {
             if let Some(f) = &i.public_key_file {
                 match std::fs::read_to_string(f)
                     .map_err(|e| e.to_string())
-                    .and_then(|pem| jwt::key_from_pem(&pem))
+                    .and_then(|pem| jwt::key_from_pem(&pem).map_err(|e| e.to_string()))
                 {
                     Ok(k) => keys.push((None, k)),
                     Err(e) => problems.push(format!("issuer {}: {}: {e}", i.issuer, f.display())),

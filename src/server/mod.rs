@@ -4,7 +4,7 @@
 //! text). One JSON decision-log line per decision on stdout. The bundle is reloaded on SIGHUP
 //! and when its file changes; a bad new bundle keeps the old one.
 
-mod decision_log;
+pub mod decision_log;
 pub mod engine;
 pub mod inject;
 pub mod mcp;
@@ -355,21 +355,11 @@ impl Server {
             engine.bundle.revision,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let line = json!({
-            "time": crate::time::Utc::now().rfc3339(),
-            "event": "decision",
-            "decision_id": id,
-            "issuer": claims.get("iss"),
-            "subject": claims.get("sub"),
-            "ref": s.reference,
-            "provider": s.provider.map(|p| p.name()),
-            "name": s.name,
-            "action": s.action,
-            "decision": if d.allowed { "allow" } else { "deny" },
-            "matched": d.matched,
-            "latency_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-        });
-        self.log.write(line.to_string());
+        let record = decision_log::Record {
+            decision_id: Some(&id),
+            ..decision_log::Record::decision(claims, s, &d, elapsed)
+        };
+        self.log.write(record.line());
         (d, id)
     }
 

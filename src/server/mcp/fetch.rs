@@ -15,6 +15,8 @@ use rmcp::model::CallToolResponse;
 use serde_json::{json, Map, Value};
 
 use super::KzMcp;
+use crate::proxy::refusal::Refusal;
+use hyper::StatusCode;
 
 /// Most body bytes read from the upstream.
 pub const MAX_RESPONSE: usize = 1 << 20;
@@ -29,6 +31,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn error(msg: impl Into<String>) -> CallToolResponse {
     rmcp::model::CallToolResult::error(vec![rmcp::model::ContentBlock::text(msg.into())]).into()
+}
+
+/// An allowed `fetch` that kz refuses all the same: its decision-log line and the tool error.
+fn refuse(mcp: &KzMcp, name: &str, refusal: Refusal) -> CallToolResponse {
+    mcp.log_refused(name, "fetch", refusal.reason());
+    error(refusal.reason())
 }
 
 pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
@@ -79,8 +87,11 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
             "{name} may not be sent to {host}:{port} (it is bound to {})",
             bound.join(", ")
         );
-        mcp.log_refused(name, "fetch", &reason);
-        return error(reason);
+        return refuse(
+            mcp,
+            name,
+            Refusal::denied(StatusCode::FORBIDDEN, &host, reason),
+        );
     }
     let mut headers = Vec::new();
     if let Some(h) = args.get("headers").and_then(Value::as_object) {
@@ -102,8 +113,11 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
             "{name}: its value is shorter than {} characters, too short to scrub from responses",
             crate::conceal::forms::MIN_MASK_LEN
         );
-        mcp.log_refused(name, "fetch", &reason);
-        return error(reason);
+        return refuse(
+            mcp,
+            name,
+            Refusal::denied(StatusCode::FORBIDDEN, &host, reason),
+        );
     }
     // The request carries a token where the credential goes; the proxy engine swaps it (towards
     // a bound host only), forwards, and scrubs the response, exactly as for a blind agent.

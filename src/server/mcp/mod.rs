@@ -16,6 +16,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 
 use crate::policy::decide::Decision;
+use crate::server::decision_log::Record;
 use crate::server::engine::{Asked, Engine, Subject};
 
 /// One MCP session: the engine and, over stdio, the caller's verified claims. Over HTTP the
@@ -183,22 +184,17 @@ impl KzMcp {
             None => {
                 let start = std::time::Instant::now();
                 let d = self.engine.decide(&self.claims, subject);
-                self.log(json!({
-                    "time": crate::time::Utc::now().rfc3339(), "event": "decision",
-                    "issuer": self.claims.get("iss"), "subject": self.claims.get("sub"),
-                    "ref": subject.reference, "name": subject.name, "action": subject.action,
-                    "decision": if d.allowed { "allow" } else { "deny" }, "matched": d.matched,
-                    "latency_ms": (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-                }));
+                let record = Record::decision(&self.claims, subject, &d, start.elapsed());
+                self.log(record.line());
                 d
             }
         }
     }
 
     /// A decision-log line: the server's log over HTTP, stderr over stdio.
-    pub(crate) fn log(&self, line: Value) {
+    fn log(&self, line: String) {
         match &self.server {
-            Some(server) => server.log.write(line.to_string()),
+            Some(server) => server.log.write(line),
             None => eprintln!("{line}"),
         }
     }
@@ -206,11 +202,7 @@ impl KzMcp {
     /// An allowed call that kz refused all the same (a `fetch` to a host the secret is not
     /// bound to, a value too short to scrub): logged as `refused`, with the reason.
     pub(crate) fn log_refused(&self, name: &str, action: &str, reason: &str) {
-        self.log(json!({
-            "time": crate::time::Utc::now().rfc3339(), "event": "decision",
-            "issuer": self.claims.get("iss"), "subject": self.claims.get("sub"),
-            "name": name, "action": action, "decision": "refused", "reason": reason,
-        }));
+        self.log(Record::refused(&self.claims, name, action, reason).line());
     }
 
     async fn list_secrets(&self) -> CallToolResponse {
