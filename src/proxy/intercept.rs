@@ -210,7 +210,7 @@ fn refuse_token(proxy: &Proxy, dest: &Dest, index: usize) -> Response<Body> {
 }
 
 /// The `Host` (or `:authority`) must name the destination.
-fn host_agrees(req: &Request<Body>, dest: &Dest) -> Result<(), String> {
+fn host_agrees(req: &Request<Body>, dest: &Dest) -> Result<(), Refusal> {
     let claimed = req
         .uri()
         .authority()
@@ -235,9 +235,13 @@ fn host_agrees(req: &Request<Body>, dest: &Dest) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!(
-            "host {claimed} does not match the connection's destination {}:{}",
-            dest.host, dest.port
+        _ => Err(Refusal::denied(
+            StatusCode::MISDIRECTED_REQUEST,
+            &dest.host,
+            format!(
+                "host {claimed} does not match the connection's destination {}:{}",
+                dest.host, dest.port
+            ),
         )),
     }
 }
@@ -277,8 +281,8 @@ async fn intercepted_inner(
         );
         return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
     }
-    if let Err(reason) = host_agrees(&req, &dest) {
-        return proxy.refuse(StatusCode::MISDIRECTED_REQUEST, &dest.host, &reason);
+    if let Err(refusal) = host_agrees(&req, &dest) {
+        return proxy.answer(refusal);
     }
     // IP literals bypass name resolution in the pooled client, so check them here.
     if dest
