@@ -9,7 +9,58 @@
 //! is exactly what is read. (Vault's CLI spelling of a KV v2 path is normalised to the API form
 //! by the Vault provider, which knows the mount; see `provider::vault`.)
 
-use crate::config::ProviderKind;
+use std::fmt;
+
+/// The backends a secret can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProviderKind {
+    Local,
+    Env,
+    File,
+    Vault,
+    AwsSm,
+    OnePassword,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Local,
+        ProviderKind::Env,
+        ProviderKind::File,
+        ProviderKind::Vault,
+        ProviderKind::AwsSm,
+        ProviderKind::OnePassword,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Env => "env",
+            ProviderKind::File => "file",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsSm => "aws-sm",
+            ProviderKind::OnePassword => "1password",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether `name` can be an environment variable (letters, digits and `_`, not starting with a
+/// digit).
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// A parsed, canonical ref.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -111,7 +162,7 @@ pub fn parse(
             }
         }
         ProviderKind::Env => {
-            if !crate::config::valid_env_name(path) {
+            if !valid_env_name(path) {
                 return Err(format!("env ref {path:?} is not a variable name"));
             }
             if key.is_some() || version.is_some() {

@@ -413,7 +413,10 @@ pub fn parse_str(text: &str, file: &str, base: &Path) -> Result<Bundle, ConfigEr
     prefix_lengths.sort_unstable();
     prefix_lengths.dedup();
     Ok(Bundle {
-        revision: crate::provider::sigv4::hex(&digest.as_ref()[..6]),
+        revision: digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         issuers,
         config,
         policies,

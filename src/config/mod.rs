@@ -2,6 +2,7 @@
 //! once with its key path. Parsing is pure (`parse_str`); `load` adds the file system.
 
 pub mod bundle;
+pub mod egress;
 pub mod host;
 pub mod reader;
 pub mod uri;
@@ -13,53 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::env::Env;
+pub use crate::refs::{valid_env_name, ProviderKind};
 pub use host::HostPattern;
 use reader::{join, type_name, unknown_key_message, Problems, Reader};
 
 pub const FILE_NAME: &str = ".keyzero.toml";
-
-/// The backends a secret can come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ProviderKind {
-    Local,
-    Env,
-    File,
-    Vault,
-    AwsSm,
-    OnePassword,
-}
-
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 6] = [
-        ProviderKind::Local,
-        ProviderKind::Env,
-        ProviderKind::File,
-        ProviderKind::Vault,
-        ProviderKind::AwsSm,
-        ProviderKind::OnePassword,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Env => "env",
-            ProviderKind::File => "file",
-            ProviderKind::Vault => "vault",
-            ProviderKind::AwsSm => "aws-sm",
-            ProviderKind::OnePassword => "1password",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Where blind mode swaps a secret's token for its value (`swap = [...]`). Headers only by
 /// default: a bound host that stores a query, path or body and shows it back would otherwise
@@ -501,12 +460,6 @@ fn t_has(v: &toml::Value, key: &str) -> bool {
     v.as_table().is_some_and(|t| t.contains_key(key))
 }
 
-pub fn valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 fn parse_secret(name: &str, value: &toml::Value, p: &mut Problems) -> Option<SecretSpec> {
     let path = join("secrets", name);
     if !valid_env_name(name) {
@@ -871,7 +824,7 @@ fn parse_network(t: &toml::Table, base: &Path, p: &mut Problems) -> NetworkConfi
     n.upstream_ca = r.nonempty_string("upstream_ca", p).map(|s| base.join(s));
     n.upstream_proxy = r.nonempty_string("upstream_proxy", p);
     if let Some(u) = &n.upstream_proxy {
-        if let Err(e) = crate::proxy::upstream::UpstreamProxy::parse(u, None) {
+        if let Err(e) = egress::UpstreamProxy::parse(u, None) {
             p.push("network.upstream_proxy", e);
         }
     }

@@ -114,26 +114,7 @@ pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
 /// Marks a response kz wrote itself (a refusal or an upstream failure), not the upstream's.
 pub const KZ_ANSWER: &str = "x-kz-answer";
 
-/// Splits `host:port` / `[v6]:port`, with a default port.
-pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let host = format!("[{}]", &rest[..end]);
-        match rest[end + 1..].strip_prefix(':') {
-            Some(p) => (host, p.parse().ok()?),
-            None => (host, default_port),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().ok()?),
-            None => (authority.to_string(), default_port),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.to_ascii_lowercase(), port))
-}
+pub use crate::config::host::split_authority;
 
 /// How long a client may take to finish a TLS handshake on an intercepted connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
