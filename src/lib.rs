@@ -39,6 +39,7 @@ mod provider;
 mod proxy;
 mod refs;
 mod secret;
+mod serve;
 mod server;
 mod time;
 

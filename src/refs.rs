@@ -73,6 +73,47 @@ pub struct SecretRef {
     pub version: Option<String>,
 }
 
+/// Why a ref is refused; the message names the part at fault, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRef {
+    #[error("empty ref")]
+    Empty,
+    #[error("ref contains a control character")]
+    Control,
+    #[error("{0} refs take no '#' part")]
+    NoKeyPart(ProviderKind),
+    #[error("empty key after '#'")]
+    EmptyKey,
+    #[error("{0} refs take no '?' part")]
+    NoQueryPart(ProviderKind),
+    #[error("unexpected query {0:?} (only ?version=... is understood)")]
+    Query(String),
+    #[error("the ref's {0} {1:?} and {0} = {2:?} disagree")]
+    Disagree(&'static str, String, String),
+    #[error("key {0:?} contains '#', '?' or a control character")]
+    Key(String),
+    #[error("vault version {0:?} must be a number")]
+    VaultVersion(String),
+    #[error("aws-sm version {0:?} must be a version id or a staging label")]
+    AwsVersion(String),
+    #[error("1password ref {0:?} must look like op://vault/item[/section]/field")]
+    OnePasswordShape(String),
+    #[error("{0} secrets do not take a version")]
+    NoVersion(ProviderKind),
+    #[error("{0} secrets take neither key nor version")]
+    NeitherKeyNorVersion(ProviderKind),
+    #[error("env ref {0:?} is not a variable name")]
+    EnvName(String),
+    #[error("{0}")]
+    Path(crate::policy::glob::RefError),
+    #[error("ref contains '?' or '#' outside its key or version")]
+    StrayQueryOrKey,
+    #[error("aws-sm ref {0:?} is not a secretsmanager arn (arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME)")]
+    Arn(String),
+    #[error("aws-sm name {0:?} may only hold letters, digits and /_+=.@-")]
+    AwsName(String),
+}
+
 /// Parses `reference` as `provider` spells it; `key` and `version` are the table form's own
 /// fields, which must agree with a `#key` or `?version=` inside the ref.
 pub fn parse(
@@ -80,12 +121,12 @@ pub fn parse(
     reference: &str,
     key: Option<&str>,
     version: Option<&str>,
-) -> Result<SecretRef, String> {
+) -> Result<SecretRef, BadRef> {
     if reference.is_empty() {
-        return Err("empty ref".into());
+        return Err(BadRef::Empty);
     }
     if reference.chars().any(|c| c.is_control()) {
-        return Err("ref contains a control character".into());
+        return Err(BadRef::Control);
     }
     let structured = matches!(
         provider,
@@ -93,23 +134,19 @@ pub fn parse(
     );
     let (rest, inline_key) = match reference.split_once('#') {
         Some(_) if !structured => {
-            return Err(format!("{provider} refs take no '#' part"));
+            return Err(BadRef::NoKeyPart(provider));
         }
-        Some((_, "")) => return Err("empty key after '#'".into()),
+        Some((_, "")) => return Err(BadRef::EmptyKey),
         Some((r, k)) => (r, Some(k)),
         None => (reference, None),
     };
     let (path, inline_version) = match rest.split_once('?') {
         Some(_) if !matches!(provider, ProviderKind::Vault | ProviderKind::AwsSm) => {
-            return Err(format!("{provider} refs take no '?' part"));
+            return Err(BadRef::NoQueryPart(provider));
         }
         Some((p, q)) => match q.split_once('=') {
             Some(("version", v)) if !v.is_empty() && !v.contains(['&', '=', '?']) => (p, Some(v)),
-            _ => {
-                return Err(format!(
-                    "unexpected query {q:?} (only ?version=... is understood)"
-                ))
-            }
+            _ => return Err(BadRef::Query(q.into())),
         },
         None => (rest, None),
     };
@@ -117,9 +154,7 @@ pub fn parse(
     let version = agree("version", inline_version, version)?;
     if let Some(k) = &key {
         if k.contains(['#', '?']) || k.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "key {k:?} contains '#', '?' or a control character"
-            ));
+            return Err(BadRef::Key(k.clone()));
         }
     }
     match provider {
@@ -127,7 +162,7 @@ pub fn parse(
             segments(path)?;
             if let Some(v) = &version {
                 if !v.bytes().all(|b| b.is_ascii_digit()) || v.parse::<u64>().is_err() {
-                    return Err(format!("vault version {v:?} must be a number"));
+                    return Err(BadRef::VaultVersion(v.clone()));
                 }
             }
         }
@@ -139,39 +174,38 @@ pub fn parse(
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    return Err(format!(
-                        "aws-sm version {v:?} must be a version id or a staging label"
-                    ));
+                    return Err(BadRef::AwsVersion(v.clone()));
                 }
             }
         }
         ProviderKind::OnePassword => {
-            let rest = path.strip_prefix("op://").ok_or_else(|| op_shape(path))?;
-            let parts = segments(rest).map_err(|_| op_shape(path))?;
+            let op_shape = || BadRef::OnePasswordShape(path.into());
+            let rest = path.strip_prefix("op://").ok_or_else(op_shape)?;
+            let parts = segments(rest).map_err(|_| op_shape())?;
             if !(3..=4).contains(&parts.len()) {
-                return Err(op_shape(path));
+                return Err(op_shape());
             }
             if version.is_some() {
-                return Err("1password secrets do not take a version".into());
+                return Err(BadRef::NoVersion(provider));
             }
         }
         ProviderKind::Local => {
             segments(path)?;
             if key.is_some() || version.is_some() {
-                return Err("local secrets take neither key nor version".into());
+                return Err(BadRef::NeitherKeyNorVersion(provider));
             }
         }
         ProviderKind::Env => {
             if !valid_env_name(path) {
-                return Err(format!("env ref {path:?} is not a variable name"));
+                return Err(BadRef::EnvName(path.into()));
             }
             if key.is_some() || version.is_some() {
-                return Err("env secrets take neither key nor version".into());
+                return Err(BadRef::NeitherKeyNorVersion(provider));
             }
         }
         ProviderKind::File => {
             if version.is_some() {
-                return Err("file secrets do not take a version".into());
+                return Err(BadRef::NoVersion(provider));
             }
         }
     }
@@ -183,26 +217,24 @@ pub fn parse(
     })
 }
 
-fn agree(what: &str, inline: Option<&str>, field: Option<&str>) -> Result<Option<String>, String> {
+fn agree(
+    what: &'static str,
+    inline: Option<&str>,
+    field: Option<&str>,
+) -> Result<Option<String>, BadRef> {
     match (inline, field) {
-        (Some(a), Some(b)) if a != b => Err(format!(
-            "the ref's {what} {a:?} and {what} = {b:?} disagree"
-        )),
+        (Some(a), Some(b)) if a != b => Err(BadRef::Disagree(what, a.into(), b.into())),
         (a, b) => Ok(a.or(b).map(String::from)),
     }
 }
 
-fn op_shape(r: &str) -> String {
-    format!("1password ref {r:?} must look like op://vault/item[/section]/field")
-}
-
 /// The `/`-separated segments of a path, each checked.
-pub fn segments(path: &str) -> Result<Vec<&str>, String> {
+pub fn segments(path: &str) -> Result<Vec<&str>, BadRef> {
     crate::policy::glob::canonicalize(path)
-        .map_err(|e| e.to_string())
+        .map_err(BadRef::Path)
         .and_then(|s| {
             if path.contains(['?', '#']) {
-                Err("ref contains '?' or '#' outside its key or version".into())
+                Err(BadRef::StrayQueryOrKey)
             } else {
                 Ok(s)
             }
@@ -210,17 +242,13 @@ pub fn segments(path: &str) -> Result<Vec<&str>, String> {
 }
 
 /// An AWS secret name (`[A-Za-z0-9/_+=.@-]`) or a Secrets Manager ARN.
-fn aws_name(path: &str) -> Result<(), String> {
+fn aws_name(path: &str) -> Result<(), BadRef> {
     let name = match path.strip_prefix("arn:") {
         Some(rest) => {
             let parts: Vec<&str> = rest.splitn(6, ':').collect();
             match parts.as_slice() {
                 [_, "secretsmanager", _, _, "secret", name] if !name.is_empty() => *name,
-                _ => {
-                    return Err(format!(
-                        "aws-sm ref {path:?} is not a secretsmanager arn (arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME)"
-                    ))
-                }
+                _ => return Err(BadRef::Arn(path.into())),
             }
         }
         None => path,
@@ -230,9 +258,7 @@ fn aws_name(path: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
     {
-        return Err(format!(
-            "aws-sm name {name:?} may only hold letters, digits and /_+=.@-"
-        ));
+        return Err(BadRef::AwsName(name.into()));
     }
     segments(name).map(|_| ())
 }
@@ -313,9 +339,10 @@ mod tests {
             (r.key.as_deref(), r.version.as_deref()),
             (Some("token"), Some("2"))
         );
-        assert!(parse(Vault, "secret/data/x#a", Some("b"), None)
-            .unwrap_err()
-            .contains("disagree"));
+        assert_eq!(
+            parse(Vault, "secret/data/x#a", Some("b"), None).unwrap_err(),
+            BadRef::Disagree("key", "a".into(), "b".into())
+        );
         assert!(parse(Vault, "secret/data/x?version=1", None, Some("2")).is_err());
     }
 

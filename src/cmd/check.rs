@@ -1,10 +1,12 @@
 //! `kz check`: resolve every secret and print a table of NAME, PROVIDER, REF, STATUS.
 
-use super::{load_config, open_audit, process_env, resolve_config, runtime, Outcome, EXIT_KZ};
+use super::{
+    load_config, open_audit, process_env, resolve_config, runtime, CommandResult, EXIT_KZ,
+};
 use crate::cli::CheckArgs;
 use crate::provider::display_ref;
 
-pub fn check(args: CheckArgs) -> Outcome {
+pub fn check(args: CheckArgs) -> CommandResult {
     let env = process_env();
     let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
     let audit = open_audit(&cfg, args.audit.as_deref())?;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use super::{process_env, resolve_config, runtime, Failure, Outcome};
+use super::{process_env, resolve_config, runtime, CommandResult, Failure};
 use crate::cli::DoctorArgs;
 use crate::config::{self, ProviderKind};
 
@@ -153,7 +153,7 @@ fn node() -> Check {
     }
 }
 
-pub fn doctor(a: DoctorArgs) -> Outcome {
+pub fn doctor(a: DoctorArgs) -> CommandResult {
     let env = process_env();
     let mut checks = Vec::new();
     let cwd = std::env::current_dir().unwrap_or_default();

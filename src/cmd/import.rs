@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{Failure, Outcome, EXIT_FAIL};
+use super::{CommandResult, Failure, EXIT_FAIL};
 use crate::cli::ImportArgs;
 use crate::config;
 use crate::env::ProcessEnv;
@@ -156,7 +156,7 @@ fn io(path: &Path, e: std::io::Error) -> Failure {
     )
 }
 
-pub fn import(a: ImportArgs) -> Outcome {
+pub fn import(a: ImportArgs) -> CommandResult {
     let env = ProcessEnv;
     let file = a.file.unwrap_or_else(|| PathBuf::from(".env"));
     let text = Zeroizing::new(std::fs::read_to_string(&file).map_err(|e| io(&file, e))?);

@@ -1,9 +1,9 @@
 //! `kz init-network`: a pod's redirect rules in the current network namespace.
 
-use super::{Failure, Outcome};
+use super::{CommandResult, Failure};
 
 /// `kz init-network`: the pod's redirect rules, applied (or printed with `--dry-run`).
-pub fn init_network(a: crate::cli::InitNetworkArgs) -> Outcome {
+pub fn init_network(a: crate::cli::InitNetworkArgs) -> CommandResult {
     use kz_netns::rules::{detect, iptables_restore, nft_ruleset, Backend, RuleSpec};
     let mut uids = vec![a.kz_uid];
     uids.extend(a.exclude_uids.iter().copied().filter(|u| *u != a.kz_uid));

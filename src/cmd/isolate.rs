@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Failure, Outcome, EXIT_KZ};
+use super::{CommandResult, Failure, EXIT_KZ};
 use crate::child::{self, ChildSpec};
 use crate::config::Config;
 use crate::env::Env;
 use crate::mask::MaskSet;
 use crate::proxy::session::Session;
-use crate::proxy::transparent::{self, NameMap, NAMESERVER};
+use crate::proxy::transparent::{FrontDoor, NAMESERVER};
 use crate::secret::SecretValue;
+use crate::serve::Stop;
 use kz_netns::rules::{Backend, RuleSpec};
 
 // The namespace's own ports (they cannot clash with the host): the same as in a pod.
@@ -53,7 +54,7 @@ struct PrivateDir {
 }
 
 /// The helper: enter the namespaces, set them up, hand over the listeners, become the agent.
-pub fn helper() -> Outcome {
+pub fn helper() -> CommandResult {
     use kz_netns::sandbox;
     let raw = std::env::var(SPEC_VAR).map_err(|_| {
         Failure::new(
@@ -294,49 +295,36 @@ pub async fn run(
         SecretValue::new(serde_json::to_string(&spec).expect("spec serialises")),
     ));
     let proxy = session.proxy.clone();
-    let names = Arc::new(NameMap::default());
+    let stop = Stop::default();
+    let door_stop = stop.clone();
     let serving = tokio::spawn(async move {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let Ok(std_stream) = stream.into_std() else {
-            return;
-        };
-        let _ = std_stream.set_nonblocking(false);
-        let Ok(Ok(l)) =
+        let received = async {
+            let (stream, _) = listener.accept().await.ok()?;
+            let std_stream = stream.into_std().ok()?;
+            let _ = std_stream.set_nonblocking(false);
             tokio::task::spawn_blocking(move || kz_netns::sandbox::receive_listeners(&std_stream))
                 .await
-        else {
-            return;
+                .ok()?
+                .ok()
         };
-        let mut tasks = Vec::new();
-        for tcp in [l.tcp4, l.tcp6] {
-            let _ = tcp.set_nonblocking(true);
-            if let Ok(t) = tokio::net::TcpListener::from_std(tcp) {
-                tasks.push(tokio::spawn(transparent::serve(
-                    t,
-                    proxy.clone(),
-                    names.clone(),
-                )));
-            }
-        }
+        let l = tokio::select! {
+            _ = door_stop.stopped() => return,
+            l = received => l,
+        };
+        let Some(l) = l else { return };
+        let tcp = |s: std::net::TcpListener| {
+            let _ = s.set_nonblocking(true);
+            tokio::net::TcpListener::from_std(s).ok()
+        };
         let _ = l.dns4.set_nonblocking(true);
-        if let Ok(u) = tokio::net::UdpSocket::from_std(l.dns4) {
-            tasks.push(tokio::spawn(transparent::serve_dns(
-                u,
-                proxy.clone(),
-                names.clone(),
-            )));
-        }
-        let _ = l.dns_tcp4.set_nonblocking(true);
-        if let Ok(t) = tokio::net::TcpListener::from_std(l.dns_tcp4) {
-            tasks.push(tokio::spawn(transparent::serve_dns_tcp(
-                t,
-                proxy.clone(),
-                names.clone(),
-            )));
-        }
-        for t in tasks {
+        let door = FrontDoor {
+            tcp: [l.tcp4, l.tcp6].into_iter().filter_map(tcp).collect(),
+            dns_udp: tokio::net::UdpSocket::from_std(l.dns4)
+                .into_iter()
+                .collect(),
+            dns_tcp: tcp(l.dns_tcp4).into_iter().collect(),
+        };
+        for t in door.start(&proxy, &door_stop) {
             let _ = t.await;
         }
     });
@@ -351,7 +339,9 @@ pub async fn run(
         limits: child::Limits::default(),
     };
     let result = child::run(spec).await;
-    serving.abort();
+    // The namespace is gone with its init: connections still open are drained, then cut.
+    stop.stop();
+    let _ = serving.await;
     session.stop().await;
     result.map_err(|e| Failure::new(e.code, e.message))
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{lines, now, process_env, runtime, Failure, Outcome, EXIT_FAIL};
+use super::{lines, now, process_env, runtime, CommandResult, Failure, EXIT_FAIL};
 use crate::config::bundle;
 use crate::server::engine::Engine;
 
@@ -10,7 +10,7 @@ use crate::server::engine::Engine;
 pub fn mcp_stdio(
     bundle_path: std::path::PathBuf,
     token_file: Option<std::path::PathBuf>,
-) -> Outcome {
+) -> CommandResult {
     use rmcp::ServiceExt;
     let token = match token_file {
         Some(f) => std::fs::read_to_string(&f)

@@ -14,9 +14,9 @@ pub mod token;
 #[cfg(not(target_os = "linux"))]
 pub mod isolate {
     //! `--isolate` needs Linux namespaces; elsewhere it is a clear error.
-    use super::{Failure, Outcome, EXIT_KZ};
+    use super::{CommandResult, Failure, EXIT_KZ};
 
-    pub fn helper() -> Outcome {
+    pub fn helper() -> CommandResult {
         Err(Failure::new(
             EXIT_KZ,
             kz_netns::NetnsError::Unsupported.to_string(),
@@ -47,7 +47,7 @@ pub mod sidecar;
 #[cfg(not(target_os = "linux"))]
 pub mod sidecar {
     //! The sidecar needs Linux (original destinations of redirected connections).
-    pub fn sidecar(_: crate::cli::SidecarArgs) -> super::Outcome {
+    pub fn sidecar(_: crate::cli::SidecarArgs) -> super::CommandResult {
         Err(super::Failure::new(
             super::EXIT_KZ,
             kz_netns::NetnsError::Unsupported.to_string(),
@@ -85,9 +85,9 @@ impl Failure {
     }
 }
 
-pub type Outcome = Result<u8, Failure>;
+pub type CommandResult = Result<u8, Failure>;
 
-pub fn dispatch(cli: Cli) -> Outcome {
+pub fn dispatch(cli: Cli) -> CommandResult {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
@@ -216,7 +216,7 @@ pub fn token_mode(
 }
 
 /// `kz completions SHELL`: the completion script on stdout.
-fn completions(shell: crate::cli::CompletionShell) -> Outcome {
+fn completions(shell: crate::cli::CompletionShell) -> CommandResult {
     use clap::CommandFactory;
     use clap_complete::Shell;
     let shell = match shell {

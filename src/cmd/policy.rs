@@ -2,12 +2,12 @@
 
 use serde_json::{json, Value};
 
-use super::{lines, now, process_env, runtime, Failure, Outcome, EXIT_FAIL};
+use super::{lines, now, process_env, runtime, CommandResult, Failure, EXIT_FAIL};
 use crate::cli::PolicyCommand;
 use crate::config::{bundle, ProviderKind};
 use crate::server::engine::{Engine, Subject};
 
-pub fn policy(cmd: PolicyCommand) -> Outcome {
+pub fn policy(cmd: PolicyCommand) -> CommandResult {
     match cmd {
         PolicyCommand::Check { bundle } => {
             let b = bundle::load(&bundle).map_err(|e| Failure::many(EXIT_FAIL, lines(e)))?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{
-    load_config, open_audit, process_env, resolve_config, runtime, Failure, Outcome, EXIT_KZ,
+    load_config, open_audit, process_env, resolve_config, runtime, CommandResult, Failure, EXIT_KZ,
 };
 use crate::child::{self, ChildSpec, Limits};
 use crate::cli::RunArgs;
@@ -11,7 +11,6 @@ use crate::conceal::forms::MIN_MASK_LEN;
 use crate::config::{Config, ProviderKind};
 use crate::env::ProcessEnv;
 use crate::mask::MaskSet;
-use crate::proxy::session as blind;
 
 /// Variables that hold kz's own keys or a backend's credentials. The child never inherits them
 /// (in every mode, whichever providers the config uses) unless the config hands one over as a
@@ -79,7 +78,7 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
     }
 }
 
-pub fn run(args: RunArgs) -> Outcome {
+pub fn run(args: RunArgs) -> CommandResult {
     super::protect_self()?;
     let env = process_env();
     let cfg = load_config(args.config.config.as_deref(), &*env, EXIT_KZ)?;
@@ -166,7 +165,7 @@ pub fn run(args: RunArgs) -> Outcome {
     let audit = std::sync::Arc::new(audit);
     let mode = super::token_mode(&cfg, &*env, EXIT_KZ)?;
     rt.block_on(async move {
-        let session = blind::start(&cfg, vars, &mode, audit, args.isolate)
+        let session = crate::proxy::session::start(&cfg, vars, &mode, audit, args.isolate)
             .await
             .map_err(|e| Failure::many(EXIT_KZ, e.lines().map(String::from).collect()))?;
         if let Some((u, g)) = run_as {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aho_corasick::{AhoCorasick, MatchKind};
 use zeroize::Zeroizing;
 
-use super::{load_config, process_env, resolve_config, runtime, Failure, Outcome};
+use super::{load_config, process_env, resolve_config, runtime, CommandResult, Failure};
 use crate::cli::ScanArgs;
 
 /// Line, secret name, form.
@@ -130,7 +130,7 @@ fn report(path: &str, findings: &[(usize, &str, &'static str)]) {
     }
 }
 
-pub fn scan(a: ScanArgs) -> Outcome {
+pub fn scan(a: ScanArgs) -> CommandResult {
     let env = process_env();
     let cfg = load_config(a.config.config.as_deref(), &*env, crate::exit::EXIT_FAIL)?;
     let audit = crate::audit::Audit::disabled();

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read, Write};
 
 use zeroize::Zeroizing;
 
-use super::{Failure, Outcome, EXIT_FAIL};
+use super::{CommandResult, Failure, EXIT_FAIL};
 use crate::cli::{SecretCommand, StoreArg};
 use crate::config::{self, LocalConfig};
 use crate::env::{Env, ProcessEnv};
@@ -42,7 +42,7 @@ fn check_name(name: &str) -> Result<(), Failure> {
     }
 }
 
-pub fn secret(cmd: SecretCommand) -> Outcome {
+pub fn secret(cmd: SecretCommand) -> CommandResult {
     let env = ProcessEnv;
     match cmd {
         SecretCommand::Set { name, store } => {

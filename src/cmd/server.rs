@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use super::{lines, process_env, runtime, Failure, Outcome, EXIT_FAIL};
+use super::{lines, process_env, runtime, CommandResult, Failure, EXIT_FAIL};
 use crate::cli::ServerCommand;
 use crate::config::bundle;
 use crate::server::Server;
 
-pub fn server(cmd: ServerCommand) -> Outcome {
+pub fn server(cmd: ServerCommand) -> CommandResult {
     let ServerCommand::Start {
         bundle,
         listen,

@@ -8,11 +8,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use super::{
-    load_config, open_audit, process_env, resolve_config, runtime, Failure, Outcome, EXIT_KZ,
+    load_config, open_audit, process_env, resolve_config, runtime, CommandResult, Failure, EXIT_KZ,
 };
 use crate::cli::SidecarArgs;
 use crate::proxy::session::{build_proxy, write_ca_files};
-use crate::proxy::transparent::{self, NameMap};
+use crate::proxy::transparent::FrontDoor;
+use crate::serve::{Limits, Stop};
 
 /// Writes `text` to `path` atomically, readable by the agent containers.
 fn publish(path: &std::path::Path, text: &str) -> Result<(), Failure> {
@@ -31,7 +32,7 @@ fn publish(path: &std::path::Path, text: &str) -> Result<(), Failure> {
     write().map_err(|e| Failure::new(EXIT_KZ, format!("{}: {e}", path.display())))
 }
 
-pub fn sidecar(a: SidecarArgs) -> Outcome {
+pub fn sidecar(a: SidecarArgs) -> CommandResult {
     let env = process_env();
     let mut cfg = load_config(a.config.config.as_deref(), &*env, EXIT_KZ)?;
     if let Some(url) = &a.server {
@@ -106,71 +107,39 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
                 .await
                 .map_err(|e| Failure::new(EXIT_KZ, format!("listening on {addr}: {e}")))
         };
-        let names = Arc::new(NameMap::default());
-        let mut tasks = vec![tokio::spawn(transparent::serve(
-            bind(format!("127.0.0.1:{}", a.proxy_port)).await?,
-            proxy.clone(),
-            names.clone(),
-        ))];
-        // IPv6 may be off in the pod; then there is nothing to redirect there either.
+        let mut door = FrontDoor {
+            tcp: vec![bind(format!("127.0.0.1:{}", a.proxy_port)).await?],
+            dns_udp: vec![
+                tokio::net::UdpSocket::bind(format!("127.0.0.1:{}", a.dns_port))
+                    .await
+                    .map_err(|e| {
+                        Failure::new(EXIT_KZ, format!("dns on 127.0.0.1:{}: {e}", a.dns_port))
+                    })?,
+            ],
+            dns_tcp: vec![bind(format!("127.0.0.1:{}", a.dns_port)).await?],
+        };
+        // IPv6 may be off in the pod; then there is nothing to redirect there either. IPv6 DNS
+        // is redirected to ::1 (when the pod has IPv6 at all).
         if let Ok(l6) = tokio::net::TcpListener::bind(format!("[::1]:{}", a.proxy_port)).await {
-            tasks.push(tokio::spawn(transparent::serve(
-                l6,
-                proxy.clone(),
-                names.clone(),
-            )));
+            door.tcp.push(l6);
         }
-        let udp = tokio::net::UdpSocket::bind(format!("127.0.0.1:{}", a.dns_port))
-            .await
-            .map_err(|e| Failure::new(EXIT_KZ, format!("dns on 127.0.0.1:{}: {e}", a.dns_port)))?;
-        tasks.push(tokio::spawn(transparent::serve_dns(
-            udp,
-            proxy.clone(),
-            names.clone(),
-        )));
-        let dns_tcp = bind(format!("127.0.0.1:{}", a.dns_port)).await?;
-        tasks.push(tokio::spawn(transparent::serve_dns_tcp(
-            dns_tcp,
-            proxy.clone(),
-            names.clone(),
-        )));
-        // IPv6 DNS is redirected to ::1 (when the pod has IPv6 at all).
         if let Ok(u6) = tokio::net::UdpSocket::bind(format!("[::1]:{}", a.dns_port)).await {
-            tasks.push(tokio::spawn(transparent::serve_dns(
-                u6,
-                proxy.clone(),
-                names.clone(),
-            )));
+            door.dns_udp.push(u6);
         }
         if let Ok(t6) = tokio::net::TcpListener::bind(format!("[::1]:{}", a.dns_port)).await {
-            tasks.push(tokio::spawn(transparent::serve_dns_tcp(
-                t6,
-                proxy.clone(),
-                names.clone(),
-            )));
+            door.dns_tcp.push(t6);
         }
+        let stop = Stop::default();
+        let mut tasks = door.start(&proxy, &stop);
         let ready = crate::net::bind_dual(&a.ready_listen).await.map_err(|e| {
             Failure::new(EXIT_KZ, format!("--ready-listen {}: {e}", a.ready_listen))
         })?;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = ready.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf).await;
-                    let ok = buf.starts_with(b"GET /ready ");
-                    let resp: &[u8] = if ok {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nready\n"
-                    } else {
-                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    };
-                    let _ = s.write_all(resp).await;
-                });
-            }
-        }));
+        tasks.push(tokio::spawn(crate::serve::serve(
+            ready,
+            stop.stopped(),
+            Limits::server(),
+            |s, _| answer_ready(s),
+        )));
         eprintln!(
             "kz: sidecar serving {} secret(s) on :{} (dns :{}), ready at {}",
             proxy.table.secrets.len(),
@@ -181,9 +150,24 @@ pub fn sidecar(a: SidecarArgs) -> Outcome {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Failure::new(EXIT_KZ, e.to_string()))?;
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        // Stop accepting; requests in flight are answered within the drain time.
+        stop.stop();
         for t in tasks {
-            t.abort();
+            let _ = t.await;
         }
         Ok(0)
     })
+}
+
+/// The ready probe: `GET /ready` answers 200 once the sidecar serves.
+async fn answer_ready(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 1024];
+    let _ = s.read(&mut buf).await;
+    let resp: &[u8] = if buf.starts_with(b"GET /ready ") {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nready\n"
+    } else {
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    };
+    let _ = s.write_all(resp).await;
 }

@@ -2,10 +2,10 @@
 
 use serde_json::Value;
 
-use super::{now, Failure, Outcome, EXIT_FAIL};
+use super::{now, CommandResult, Failure, EXIT_FAIL};
 use crate::cli::TokenCommand;
 
-pub fn token(cmd: TokenCommand) -> Outcome {
+pub fn token(cmd: TokenCommand) -> CommandResult {
     let TokenCommand::Mint {
         issuer,
         audience,

@@ -4,6 +4,9 @@
 //! After each chunk it releases everything except the longest tail that could still be the start
 //! of a pattern, so a pattern split across chunks is still found and nothing else is delayed.
 //! A pattern may be marked forbidden: meeting it stops the stream with its index.
+//!
+//! Longer than 400 lines because the whole-buffer and streaming paths must find exactly the same
+//! matches, which is easiest to check side by side.
 
 use std::cmp::Reverse;
 use std::sync::Arc;

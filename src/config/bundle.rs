@@ -1,6 +1,9 @@
 //! `bundle.yaml` for the policy server: `identity` (issuers), `providers`, `network`, `secrets`
 //! (same keys as `.keyzero.toml`) and `policies`. Every CEL rule is compiled at load; a bundle
 //! with any problem is rejected whole, with every problem listed.
+//!
+//! Longer than 400 lines because it validates one whole file format, every section reporting
+//! its problems into one list.
 
 use std::path::{Path, PathBuf};
 

@@ -12,11 +12,24 @@ pub struct Parts {
     pub optional: bool,
 }
 
-pub fn parse_shorthand(s: &str) -> Result<Parts, String> {
+/// Why a string is not a secret URI (or names a ref that is refused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShorthandError {
+    #[error("{0:?} is not a secret uri (examples: \"vault://secret/data/app#token\", \"op://Dev/OpenAI/api-key\")")]
+    NotUri(String),
+    #[error("unknown provider {0:?} in {1:?} (expected vault, aws-sm, op, local, env or file)")]
+    Provider(String, String),
+    #[error("unknown query parameter {0:?} in {1:?} (expected version=... or optional=true)")]
+    Parameter(String, String),
+    #[error("{0:?} has no path after {1}://")]
+    NoPath(String, String),
+    #[error(transparent)]
+    Ref(#[from] crate::refs::BadRef),
+}
+
+pub fn parse_shorthand(s: &str) -> Result<Parts, ShorthandError> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(format!(
-            "{s:?} is not a secret uri (examples: \"vault://secret/data/app#token\", \"op://Dev/OpenAI/api-key\")"
-        ));
+        return Err(ShorthandError::NotUri(s.into()));
     };
     // 1Password's own reference syntax is already a uri; keep it whole.
     if scheme == "op" || scheme == "1password" {
@@ -28,11 +41,8 @@ pub fn parse_shorthand(s: &str) -> Result<Parts, String> {
             optional: false,
         });
     }
-    let provider = ProviderKind::parse(scheme).ok_or_else(|| {
-        format!(
-            "unknown provider {scheme:?} in {s:?} (expected vault, aws-sm, op, local, env or file)"
-        )
-    })?;
+    let provider = ProviderKind::parse(scheme)
+        .ok_or_else(|| ShorthandError::Provider(scheme.into(), s.into()))?;
     let (rest, key) = match rest.split_once('#') {
         Some((r, k)) if !k.is_empty() => (r, Some(k.to_string())),
         Some((r, _)) => (r, None),
@@ -53,15 +63,11 @@ pub fn parse_shorthand(s: &str) -> Result<Parts, String> {
             Some(("version", v)) if !v.is_empty() => version = Some(v.to_string()),
             Some(("optional", "true")) => optional = true,
             Some(("optional", "false")) => optional = false,
-            _ => {
-                return Err(format!(
-                "unknown query parameter {pair:?} in {s:?} (expected version=... or optional=true)"
-            ))
-            }
+            _ => return Err(ShorthandError::Parameter(pair.into(), s.into())),
         }
     }
     if path.is_empty() {
-        return Err(format!("{s:?} has no path after {scheme}://"));
+        return Err(ShorthandError::NoPath(s.into(), scheme.into()));
     }
     Ok(Parts {
         provider,

@@ -31,7 +31,7 @@ impl Effect {
 
 /// The evaluation of one applicable rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct RuleOutcome {
     /// A stable name for the rule (policy match and index), reported as "matched".
     pub rule: String,
     pub effect: Effect,
@@ -49,7 +49,7 @@ pub struct Decision {
     pub matched: Vec<String>,
 }
 
-pub fn decide(outcomes: &[Outcome]) -> Decision {
+pub fn decide(outcomes: &[RuleOutcome]) -> Decision {
     let mut denying: Vec<String> = outcomes
         .iter()
         .filter(|o| o.effect == Effect::Deny && !matches!(o.result, Ok(false)))
@@ -63,7 +63,7 @@ pub fn decide(outcomes: &[Outcome]) -> Decision {
             matched: denying,
         };
     }
-    let mut allowing: Vec<&Outcome> = outcomes
+    let mut allowing: Vec<&RuleOutcome> = outcomes
         .iter()
         .filter(|o| o.effect != Effect::Deny && o.result == Ok(true))
         .collect();
@@ -81,8 +81,8 @@ mod tests {
     use crate::policy::cel::CelError;
     use proptest::prelude::*;
 
-    fn o(rule: &str, effect: Effect, result: Result<bool, CelError>) -> Outcome {
-        Outcome {
+    fn o(rule: &str, effect: Effect, result: Result<bool, CelError>) -> RuleOutcome {
+        RuleOutcome {
             rule: rule.into(),
             effect,
             result,
@@ -111,7 +111,7 @@ mod tests {
         assert!(r.allowed && r.reveal);
     }
 
-    fn outcome_strategy() -> impl Strategy<Value = Outcome> {
+    fn outcome_strategy() -> impl Strategy<Value = RuleOutcome> {
         (
             0u8..20,
             prop_oneof![
@@ -121,7 +121,7 @@ mod tests {
             ],
             0u8..3,
         )
-            .prop_map(|(n, effect, r)| Outcome {
+            .prop_map(|(n, effect, r)| RuleOutcome {
                 rule: format!("rule{n}"),
                 effect,
                 result: match r {

@@ -1,6 +1,9 @@
 //! The `aws-sm` provider: one SigV4-signed `GetSecretValue` call per secret, with credentials
 //! from the standard chain (environment, shared credentials/config profile, web-identity token
 //! file via STS) and the region and endpoint from config or the usual AWS variables.
+//!
+//! Longer than 400 lines because it is one backend with its own credential chain; the signing
+//! itself is in `sigv4`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

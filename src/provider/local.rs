@@ -5,6 +5,9 @@
 //! the AEAD's associated data, so any change to any byte is detected. The key id lets kz say
 //! "wrong key" rather than "tampered". Writes go to a temporary file in the same directory,
 //! are synced, then renamed over the store; a lock file serialises writers.
+//!
+//! Longer than 400 lines because the store's format, key handling, locking and atomic writes
+//! must be read together to check that no write is lost or half-written.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -1,5 +1,8 @@
 //! The `Provider` trait, one module per backend, and `resolve_all`, which resolves every secret
 //! of a config concurrently (bounded, each with a timeout) and reports every failure.
+//!
+//! Longer than 400 lines because the trait, the provider set and the resolution loop that bounds,
+//! times out, audits and reports every backend call belong together.
 
 pub mod aws_sm;
 pub mod cache;
@@ -7,8 +10,8 @@ pub mod env;
 pub mod file;
 pub mod local;
 pub mod onepassword;
-pub mod server;
 pub mod sigv4;
+pub mod team;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -176,7 +179,7 @@ impl ProviderSet {
         let team = cfg
             .server
             .as_ref()
-            .map(|s| server::ServerClient::new(s, &*env));
+            .map(|s| team::ServerClient::new(s, &*env));
         for &kind in kinds {
             if built.contains_key(&kind) {
                 continue;
@@ -185,7 +188,7 @@ impl ProviderSet {
             timeouts.insert(kind, cfg.providers.timeout(kind));
             if let Some(team) = &team {
                 let p: Result<Arc<dyn Provider>, ProviderError> = team.clone().map(|client| {
-                    Arc::new(server::ServerProvider { kind, client }) as Arc<dyn Provider>
+                    Arc::new(team::TeamProvider { kind, client }) as Arc<dyn Provider>
                 });
                 built.insert(kind, p);
                 continue;

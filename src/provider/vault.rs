@@ -10,6 +10,9 @@
 //! expired, or Vault answers 403, and revoked when `kz run` is done with it. A token from
 //! `VAULT_TOKEN` or `~/.vault-token` is read again after a 403 (an agent may have rotated it).
 //! Reads are cached for `cache_ttl`; errors and not-found answers never are.
+//!
+//! Longer than 400 lines because it is one backend's whole wire contract (mount discovery, KV v1
+//! and v2, four login methods, token lifecycle), which reads best in one place.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

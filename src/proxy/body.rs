@@ -2,6 +2,9 @@
 //! gzip/deflate/br/zstd decoding, up to two layers) on response bodies, frame by frame, without
 //! buffering the stream; trailers get the same treatment as the data. Also the global ceiling on
 //! bodies buffered whole.
+//!
+//! Longer than 400 lines because every body transform shares one frame-by-frame state machine
+//! (decode, replace, hold back a possible pattern start, trailers).
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -5,15 +5,19 @@
 pub mod body;
 pub mod ca;
 pub mod certdir;
+pub mod decide;
 pub mod dns;
 pub mod h2serve;
 pub mod intercept;
+pub mod lane;
+pub mod outgoing;
 pub mod refusal;
 pub mod resign;
 pub mod session;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod transparent;
+pub mod upgrade;
 pub mod upstream;
 pub mod ws;
 
@@ -34,6 +38,7 @@ use tokio::net::TcpListener;
 use crate::audit::Audit;
 use crate::blind::TokenTable;
 use crate::config::HostPattern;
+use crate::serve::{until_drained, Drain, Limits};
 use body::{empty, full};
 use refusal::Refusal;
 use upstream::{Body, Upstream};
@@ -119,33 +124,12 @@ pub use crate::config::host::split_authority;
 /// How long a client may take to finish a TLS handshake on an intercepted connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts the next connection. When accepting fails (out of descriptors: `EMFILE`, `ENFILE`,
-/// or out of memory) it waits, doubling from 5 ms up to 1 s, instead of spinning.
-pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match listener.accept().await {
-            Ok((s, _)) => return s,
-            Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
 /// Serves the explicit proxy on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            stream = accept(&listener) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_proxy_connection(stream, proxy.clone(), true));
-            }
-        }
-    }
+    crate::serve::serve(listener, shutdown, Limits::proxy(), move |stream, drain| {
+        serve_proxy_connection(stream, proxy.clone(), true, drain)
+    })
+    .await;
 }
 
 /// One connection of the explicit proxy. `authenticate`: require the run's proxy credential
@@ -155,15 +139,16 @@ pub async fn serve_proxy_connection(
     stream: tokio::net::TcpStream,
     proxy: Arc<Proxy>,
     authenticate: bool,
+    drain: Drain,
 ) {
     let svc = service_fn(move |req| handle(proxy.clone(), req, authenticate));
-    let _ = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
 }
 
 async fn handle(
@@ -198,7 +183,7 @@ async fn handle(
         return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
     }
     let dest = Dest { host, port, tls };
-    Ok(intercept::intercepted(proxy, dest, None, None, req.map(intercept::incoming)).await)
+    Ok(intercept::forward(proxy, dest, None, None, req.map(intercept::incoming)).await)
 }
 
 async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
@@ -234,7 +219,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                 port,
                 tls: true,
             };
-            serve_intercepted(proxy, dest, misdirected, tls).await;
+            serve_intercepted(proxy, dest, misdirected, tls, Drain::never()).await;
         });
         return Response::new(empty());
     }
@@ -297,21 +282,22 @@ pub async fn serve_intercepted<IO>(
     dest: Dest,
     misdirected: Option<String>,
     tls: tokio_rustls::server::TlsStream<IO>,
+    mut drain: Drain,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         let handler = move |req: Request<Body>| {
-            intercept::intercepted(proxy.clone(), dest.clone(), misdirected.clone(), None, req)
+            intercept::forward(proxy.clone(), dest.clone(), misdirected.clone(), None, req)
         };
         h2serve::serve(tls, handler).await;
         return;
     }
     let io = TokioIo::new(tls);
-    let (lane, mut conns) = intercept::Lane::new();
+    let (lane, mut conns) = lane::Lane::new();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let fut = intercept::intercepted(
+        let fut = intercept::forward(
             proxy.clone(),
             dest.clone(),
             misdirected.clone(),
@@ -327,9 +313,15 @@ pub async fn serve_intercepted<IO>(
         .with_upgrades();
     tokio::pin!(server);
     let mut upstream: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut draining = false;
     loop {
         tokio::select! {
             _ = &mut server => break,
+            _ = drain.requested(), if !draining => {
+                // Answer the request in flight, then close.
+                server.as_mut().graceful_shutdown();
+                draining = true;
+            }
             Some(c) = conns.recv() => upstream = Some(c),
             _ = async { upstream.as_mut().expect("guarded").await }, if upstream.is_some() => upstream = None,
         }

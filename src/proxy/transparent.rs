@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::sni::{peek, Peeked};
 use super::{intercept, serve_intercepted, upstream, Dest, Proxy};
+use crate::serve::{until_drained, Drain, Limits, Stop};
 
 /// The address the namespace's `resolv.conf` points at (redirected to kz's resolver).
 pub const NAMESERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
@@ -118,17 +119,62 @@ async fn classify(stream: &TcpStream) -> Peeked {
     }
 }
 
-/// Serves redirected connections from `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
-    loop {
-        let stream = super::accept(&listener).await;
-        let _ = stream.set_nodelay(true);
-        let (proxy, names) = (proxy.clone(), names.clone());
-        tokio::spawn(async move { handle(stream, proxy, names).await });
+/// The listeners of a transparent front door (`--isolate`'s namespace, a sidecar's pod):
+/// redirected TCP, and DNS over UDP and TCP.
+#[derive(Default)]
+pub struct FrontDoor {
+    pub tcp: Vec<TcpListener>,
+    pub dns_udp: Vec<UdpSocket>,
+    pub dns_tcp: Vec<TcpListener>,
+}
+
+impl FrontDoor {
+    /// Serves every listener until `stop` fires.
+    pub fn start(self, proxy: &Arc<Proxy>, stop: &Stop) -> Vec<tokio::task::JoinHandle<()>> {
+        let names = Arc::new(NameMap::default());
+        let mut tasks = Vec::new();
+        for l in self.tcp {
+            tasks.push(tokio::spawn(serve(
+                l,
+                proxy.clone(),
+                names.clone(),
+                stop.stopped(),
+            )));
+        }
+        for u in self.dns_udp {
+            tasks.push(tokio::spawn(serve_dns(
+                u,
+                proxy.clone(),
+                names.clone(),
+                stop.stopped(),
+            )));
+        }
+        for l in self.dns_tcp {
+            tasks.push(tokio::spawn(serve_dns_tcp(
+                l,
+                proxy.clone(),
+                names.clone(),
+                stop.stopped(),
+            )));
+        }
+        tasks
     }
 }
 
-async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+/// Serves redirected connections from `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    names: Arc<NameMap>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    crate::serve::serve(listener, stop, Limits::proxy(), move |stream, drain| {
+        handle(stream, proxy.clone(), names.clone(), drain)
+    })
+    .await;
+}
+
+async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>, drain: Drain) {
     let Some(orig) = original_dst(&stream) else {
         return;
     };
@@ -165,13 +211,13 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
                 port,
                 tls: true,
             };
-            serve_intercepted(proxy, dest, None, tls).await;
+            serve_intercepted(proxy, dest, None, tls, drain).await;
         }
         Peeked::Http(_) if speaks_to_a_proxy(&stream).await => {
             // A client configured with a proxy (an inherited HTTPS_PROXY, a tool's own proxy
             // setting) sends CONNECT or absolute-form requests to it; whatever address it
             // dialled, it is answered as kz's explicit proxy would.
-            super::serve_proxy_connection(stream, proxy, false).await;
+            super::serve_proxy_connection(stream, proxy, false, drain).await;
         }
         Peeked::Http(_) => {
             // Plain HTTP goes through the swap engine, which refuses tokens towards hosts
@@ -181,20 +227,12 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
                 port,
                 tls: false,
             };
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let fut = intercept::intercepted(
-                    proxy.clone(),
-                    dest.clone(),
-                    None,
-                    None,
-                    req.map(intercept::incoming),
-                );
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let svc =
+                service_fn(move |req: Request<Incoming>| plain(proxy.clone(), dest.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
         }
         _ => tunnel(stream, proxy, name, port).await,
     }
@@ -267,11 +305,30 @@ async fn dns_reply(query: &[u8], proxy: &Proxy, names: &NameMap) -> Option<Vec<u
     })
 }
 
-/// DNS over UDP.
-pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+/// One plain-HTTP request through the swap engine.
+async fn plain(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    req: Request<Incoming>,
+) -> Result<hyper::Response<upstream::Body>, Infallible> {
+    Ok(intercept::forward(proxy, dest, None, None, req.map(intercept::incoming)).await)
+}
+
+/// DNS over UDP, until `stop`.
+pub async fn serve_dns(
+    socket: UdpSocket,
+    proxy: Arc<Proxy>,
+    names: Arc<NameMap>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut buf = vec![0u8; 1500];
+    tokio::pin!(stop);
     loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+        let received = tokio::select! {
+            _ = &mut stop => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let Ok((n, peer)) = received else {
             continue;
         };
         if let Some(reply) = dns_reply(&buf[..n], &proxy, &names).await {
@@ -280,35 +337,39 @@ pub async fn serve_dns(socket: UdpSocket, proxy: Arc<Proxy>, names: Arc<NameMap>
     }
 }
 
-/// DNS over TCP: two-byte length-prefixed messages, several per connection.
-pub async fn serve_dns_tcp(listener: TcpListener, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+/// DNS over TCP: two-byte length-prefixed messages, several per connection, until `stop`.
+pub async fn serve_dns_tcp(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    names: Arc<NameMap>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    crate::serve::serve(listener, stop, Limits::server(), move |stream, _| {
+        dns_tcp_connection(stream, proxy.clone(), names.clone())
+    })
+    .await;
+}
+
+async fn dns_tcp_connection(mut stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let mut stream = super::accept(&listener).await;
-        let (proxy, names) = (proxy.clone(), names.clone());
-        tokio::spawn(async move {
-            loop {
-                let mut len = [0u8; 2];
-                let read =
-                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len))
-                        .await;
-                if !matches!(read, Ok(Ok(_))) {
-                    return;
-                }
-                let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
-                if stream.read_exact(&mut query).await.is_err() {
-                    return;
-                }
-                let Some(reply) = dns_reply(&query, &proxy, &names).await else {
-                    return;
-                };
-                let mut out = (reply.len() as u16).to_be_bytes().to_vec();
-                out.extend_from_slice(&reply);
-                if stream.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(reply) = dns_reply(&query, &proxy, &names).await else {
+            return;
+        };
+        let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&reply);
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! A loaded bundle, ready to answer: issuer keys resolved (env, PEM files, JWKS), providers
 //! built, and the decision function that applies canonicalisation, globs, CEL and
 //! deny-overrides.
+//!
+//! Longer than 400 lines because loading, key refresh, ref targeting and deciding share one
+//! bundle state and are read together when reviewing a decision.
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use crate::config::bundle::Bundle;
 use crate::config::ProviderKind;
 use crate::env::Env;
 use crate::lru::Lru;
-use crate::policy::decide::{decide, Decision, Outcome};
+use crate::policy::decide::{decide, Decision, RuleOutcome};
 use crate::policy::glob::canonicalize;
 use crate::policy::jwt::{self, IssuerKeys, Key};
 use crate::provider::{ErrorKind, ProviderSet};
@@ -392,7 +395,7 @@ impl Engine {
                 version: None,
             });
         };
-        let mut r = crate::refs::parse(kind, reference, None, None)?;
+        let mut r = crate::refs::parse(kind, reference, None, None).map_err(|e| e.to_string())?;
         if self.providers.has(kind) {
             // When the backend cannot say (no token, unreachable), explained offline.
             if let Ok(c) = self.providers.canonical(&r).await {
@@ -445,7 +448,7 @@ impl Engine {
         claims: &Map<String, Value>,
         s: &Subject<'_>,
         path: &str,
-    ) -> Option<Vec<Outcome>> {
+    ) -> Option<Vec<RuleOutcome>> {
         let segments = canonicalize(path).ok()?;
         let applicable = self.bundle.applicable(&segments, s.provider);
         if applicable.is_empty() {
@@ -466,7 +469,7 @@ impl Engine {
         let mut outcomes = Vec::new();
         for p in applicable {
             for (i, r) in p.rules.iter().enumerate() {
-                outcomes.push(Outcome {
+                outcomes.push(RuleOutcome {
                     rule: format!("{}#{i}", p.glob.source),
                     effect: r.effect,
                     result: match &ctx {

@@ -134,12 +134,12 @@ impl ServerClient {
 }
 
 /// One provider kind, resolved through the policy server.
-pub struct ServerProvider {
+pub struct TeamProvider {
     pub kind: ProviderKind,
     pub client: Arc<ServerClient>,
 }
 
-impl Provider for ServerProvider {
+impl Provider for TeamProvider {
     fn resolve<'a>(
         &'a self,
         req: &'a Request,
