@@ -84,6 +84,19 @@ pub fn tls_client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientCon
         .with_no_client_auth()
 }
 
+/// TLS (HTTP/1.1 and HTTP/2 by ALPN) over `connector`, plain HTTP for `http://` URLs.
+pub fn https_connector<C>(
+    tls: rustls::ClientConfig,
+    connector: C,
+) -> hyper_rustls::HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(connector)
+}
+
 impl HttpClient {
     /// A client trusting the system roots plus `extra_ca` files.
     pub fn new(extra_ca: &[&Path]) -> Result<Self, String> {
@@ -101,12 +114,7 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = https_connector(tls, http);
         HttpClient {
             inner: Client::builder(TokioExecutor::new()).build(https),
         }

@@ -1,24 +1,25 @@
 //! KeyZero (`kz`): keeps real credentials out of AI agents' reach.
 //!
+//! Every module is private to the crate (so rustc reports what nothing uses); the binary calls
+//! [`parse`] and [`dispatch`], benchmarks and integration tests use [`api`].
+//!
 //! Modules, from the outside in:
-//! - [`cli`]: clap types for every command.
-//! - [`cmd`]: one module per subcommand (`run`, `check`, `secret`, `server`, `mcp`, `policy`,
-//!   `token`, `init_network`, `sidecar`, `import`, `doctor`, `scan`; `isolate` for `--isolate`).
-//! - [`config`]: `.keyzero.toml` discovery, parsing and whole-file validation.
-//! - [`provider`]: the `Provider` trait, one module per backend, concurrent resolution.
-//! - [`conceal`]: the streaming byte replacer and the encoded forms of a value, under both
-//!   [`mask`] and [`blind`].
-//! - [`mask`]: the streaming masker that conceals secret values in a child's output.
-//! - [`child`]: spawning the child, forwarding signals, mapping exit statuses.
-//! - [`audit`]: JSON-lines audit log.
-//! - [`secret`]: the zeroizing secret value type.
-//! - [`env`]: environment access behind a trait so tests can pass a map.
-//! - [`http`]: the small HTTPS client the providers share.
-//! - [`time`]: timestamps for audit lines and request signing.
-//! - [`lru`]: the bounded cache behind every per-host cache.
-//! - [`blind`], [`proxy`]: blind mode (tokens, swap/scrub engine, the proxy and its front doors).
-//! - [`refs`]: one parser per provider for secret refs, and the paths policies match.
-//! - [`policy`]: the policy server's pure core (ref canonicalisation, globs, decisions).
+//! - `cli`: clap types for every command; `cmd`: one module per subcommand (`run`, `check`,
+//!   `secret`, `server`, `mcp`, `policy`, `token`, `init_network`, `sidecar`, `import`, `doctor`,
+//!   `scan`; `isolate` for `--isolate`); `exit`: the exit codes.
+//! - `config`: `.keyzero.toml` model, discovery, parsing and whole-file validation; `refs`: one
+//!   parser per provider for secret refs, and the paths policies match.
+//! - `provider`: the `Provider` trait, one module per backend, concurrent resolution.
+//! - `conceal`: the streaming byte replacer and the encoded forms of a value, under both `mask`
+//!   (output masking) and `blind` (tokens, swap and scrub sets).
+//! - `proxy`: the swap engine (`decide` without I/O, `intercept::forward` with it), its
+//!   `Refusal` answers, and its front doors (explicit, transparent); `serve`: the serving
+//!   skeleton every listener uses.
+//! - `policy`: the policy server's pure core (globs, CEL, decisions, JWT); `server`: the policy
+//!   decision point (API, engine, metrics, reload, decision log, MCP, injector).
+//! - `child`: spawning the child, forwarding signals; `audit`: JSON-lines audit records;
+//!   `secret`: the zeroizing value type; `env`: environment access behind a trait; `http`: the
+//!   small HTTPS client the providers share; `time`; `lru`; `net`: listeners, kz's uid and ports.
 #![forbid(unsafe_code)]
 
 mod audit;

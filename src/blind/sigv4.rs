@@ -492,16 +492,19 @@ mod tests {
     fn a_chunked_body_signed_with_the_token_comes_out_signed_with_the_key() {
         let scope = example_scope("");
         let token = "KZ_TOK_0123456789abcdefghijklmnop";
-        let body = chunked_body(&scope, token, "seedtoken", &[10, 7000, 3]);
-        let want = chunked_body(&scope, SECRET, "seedreal", &[10, 7000, 3]);
-        for piece in [1, 5, 64, 100_000] {
-            let mut r = ChunkResigner::new(
+        let resigner = || {
+            ChunkResigner::new(
                 scope.clone(),
                 token,
                 SECRET,
                 "seedtoken".into(),
                 "seedreal".into(),
-            );
+            )
+        };
+        let body = chunked_body(&scope, token, "seedtoken", &[10, 7000, 3]);
+        let want = chunked_body(&scope, SECRET, "seedreal", &[10, 7000, 3]);
+        for piece in [1, 5, 64, 100_000] {
+            let mut r = resigner();
             let mut out = Vec::new();
             for part in body.chunks(piece) {
                 r.push(part, &mut out).unwrap();
@@ -511,13 +514,7 @@ mod tests {
         }
         // A chunk signed with anything else is refused.
         let forged = chunked_body(&scope, "other-key", "seedtoken", &[10]);
-        let mut r = ChunkResigner::new(
-            scope.clone(),
-            token,
-            SECRET,
-            "seedtoken".into(),
-            "seedreal".into(),
-        );
+        let mut r = resigner();
         assert_eq!(
             r.push(&forged, &mut Vec::new()),
             Err(ChunkError::BadSignature)

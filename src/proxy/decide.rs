@@ -174,6 +174,18 @@ pub(super) fn head_refusal(table: &TokenTable, dest: &Dest, why: HeadRefusal) ->
     }
 }
 
+/// An upstream kz could not connect to: refused by rule when the address rules forbid it
+/// (`PermissionDenied`), else a 502.
+pub(super) fn unreachable(host: &str, port: u16, e: &std::io::Error) -> Refusal {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        return Refusal::denied(StatusCode::FORBIDDEN, host, e.to_string());
+    }
+    Refusal::upstream(
+        StatusCode::BAD_GATEWAY,
+        format!("cannot reach {host}:{port}: {e}"),
+    )
+}
+
 /// A TLS server name that differs from the CONNECT target.
 pub(super) fn misdirected(sni: &str, dest: &Dest) -> Refusal {
     Refusal::denied(

@@ -13,7 +13,7 @@ use hyper::body::{Body as _, Frame};
 use hyper::header::EXPECT;
 use hyper::{Request, Response, StatusCode};
 
-use super::upstream::{Body, BoxError};
+use super::upstream::{Body, BoxError, PolledFrame};
 
 /// The most streams one client may have open at once.
 const MAX_STREAMS: u32 = 256;
@@ -118,10 +118,7 @@ impl hyper::body::Body for RecvBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         if self.done {
             return Poll::Ready(None);
         }

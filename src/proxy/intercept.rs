@@ -348,13 +348,3 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     msg.to_lowercase()
 }
-
-pub(super) fn upstream_error(proxy: &Proxy, dest: &Dest, e: std::io::Error) -> Response<Body> {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        return proxy.refuse(StatusCode::FORBIDDEN, &dest.host, &e.to_string());
-    }
-    proxy.answer(Refusal::upstream(
-        StatusCode::BAD_GATEWAY,
-        format!("cannot reach {}:{}: {e}", dest.host, dest.port),
-    ))
-}

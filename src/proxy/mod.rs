@@ -94,6 +94,15 @@ impl Proxy {
         constant_time_eq(&decoded, expected.as_bytes())
     }
 
+    /// Opens a TCP connection to `host:port` under the address rules (`[network] hosts`,
+    /// private addresses only with consent).
+    pub async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        self.upstream
+            .resolver
+            .dial(host, port, upstream::CONNECT_TIMEOUT)
+            .await
+    }
+
     /// Refuses by rule: an audit line and a one-line response.
     pub fn refuse(&self, status: StatusCode, host: &str, reason: &str) -> Response<Body> {
         self.answer(Refusal::denied(status, host, reason))
@@ -224,22 +233,9 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         return Response::new(empty());
     }
     // Not bound to any secret: a plain tunnel, never decrypted.
-    let upstream = match proxy
-        .upstream
-        .resolver
-        .dial(&host, port, upstream::CONNECT_TIMEOUT)
-        .await
-    {
+    let upstream = match proxy.dial(&host, port).await {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return proxy.refuse(StatusCode::FORBIDDEN, &host, &e.to_string());
-        }
-        Err(e) => {
-            return proxy.answer(Refusal::upstream(
-                StatusCode::BAD_GATEWAY,
-                format!("cannot reach {host}:{port}: {e}"),
-            ))
-        }
+        Err(e) => return proxy.answer(decide::unreachable(&host, port, &e)),
     };
     let audit = proxy.audit.clone();
     tokio::spawn(async move {

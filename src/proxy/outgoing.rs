@@ -170,13 +170,15 @@ async fn resigned_body(
         .unwrap_or_else(|| authority.clone());
     let sent_headers = resign::header_pairs(&parts.headers, &sent_authority);
     let ex = resign::Exchange {
-        method: parts.method.as_str(),
-        sent_path: parts.uri.path(),
-        sent_query: parts.uri.query().unwrap_or(""),
-        sent_headers: &sent_headers,
+        sent: crate::blind::sigv4::Signed {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &sent_headers,
+            payload_hash: &hash,
+        },
         path: &path,
         query: &query,
-        payload_hash: &hash,
     };
     let r = resign::resign(sig, signers, &ex, &mut out.headers, &authority)
         .map_err(|reason| Refusal::denied(StatusCode::FORBIDDEN, &dest.host, reason))?;

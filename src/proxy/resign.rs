@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, HOST};
 
-use super::upstream::{Body, BoxError};
+use super::upstream::{Body, BoxError, PolledFrame};
 use crate::blind::sigv4::{self, ChunkResigner, Scope, Signed};
 use crate::blind::BlindSecret;
 
@@ -128,15 +128,12 @@ pub struct Resigned {
     pub secret: usize,
 }
 
-/// What was sent (checked with the token) and what kz forwards (signed with the key).
+/// What was sent (checked with the token) and what kz forwards (signed with the key): the same
+/// request, with the path and query swapped.
 pub struct Exchange<'a> {
-    pub method: &'a str,
-    pub sent_path: &'a str,
-    pub sent_query: &'a str,
-    pub sent_headers: &'a [(String, String)],
+    pub sent: Signed<'a>,
     pub path: &'a str,
     pub query: &'a str,
-    pub payload_hash: &'a str,
 }
 
 /// Checks the signature against each candidate secret's token; on a match, signs what kz
@@ -152,14 +149,7 @@ pub fn resign(
     let scope = match sig {
         Signature::Header(s) | Signature::Query(s) => s,
     };
-    let sent = Signed {
-        method: ex.method,
-        path: ex.sent_path,
-        query: ex.sent_query,
-        headers: ex.sent_headers,
-        payload_hash: ex.payload_hash,
-    };
-    let canonical = sigv4::canonical_request(&sent, scope)
+    let canonical = sigv4::canonical_request(&ex.sent, scope)
         .ok_or_else(|| "the AWS signature names a header the request does not carry".to_string())?;
     let Some((index, secret, seed_token)) = candidates.iter().find_map(|(i, s)| {
         let t = sigv4::sign(&canonical, scope, &s.token);
@@ -195,11 +185,11 @@ pub fn resign(
         }
     }
     let fwd = Signed {
-        method: ex.method,
+        method: ex.sent.method,
         path: ex.path,
         query: ex.query,
         headers: &fwd_pairs,
-        payload_hash: ex.payload_hash,
+        payload_hash: ex.sent.payload_hash,
     };
     let fwd_canonical = sigv4::canonical_request(&fwd, &fwd_scope)
         .ok_or_else(|| "a signed header was dropped on the way".to_string())?;
@@ -264,10 +254,7 @@ impl hyper::body::Body for ChunkedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {

@@ -255,12 +255,7 @@ async fn speaks_to_a_proxy(stream: &TcpStream) -> bool {
 
 async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
     let start = Instant::now();
-    let upstream = match proxy
-        .upstream
-        .resolver
-        .dial(&host, port, upstream::CONNECT_TIMEOUT)
-        .await
-    {
+    let upstream = match proxy.dial(&host, port).await {
         Ok(s) => s,
         Err(e) => {
             let _ = proxy.refuse(

@@ -10,8 +10,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::body::empty;
+use super::decide::unreachable;
 use super::decide::{authority, scrub_headers, scrub_value, SwappedHead};
-use super::intercept::{incoming, upstream_error};
+use super::intercept::incoming;
 use super::lane::{h1_handshake, h1_send, Io};
 use super::refusal::Refusal;
 use super::upstream::Body;
@@ -32,17 +33,12 @@ pub(super) async fn websocket(
     let io: Box<dyn Io> = if dest.tls {
         match proxy.upstream.connect_tls_h1(&dest.host, dest.port).await {
             Ok(s) => Box::new(s),
-            Err(e) => return upstream_error(&proxy, &dest, e),
+            Err(e) => return proxy.answer(unreachable(&dest.host, dest.port, &e)),
         }
     } else {
-        match proxy
-            .upstream
-            .resolver
-            .dial(&dest.host, dest.port, super::upstream::CONNECT_TIMEOUT)
-            .await
-        {
+        match proxy.dial(&dest.host, dest.port).await {
             Ok(s) => Box::new(s),
-            Err(e) => return upstream_error(&proxy, &dest, e),
+            Err(e) => return proxy.answer(unreachable(&dest.host, dest.port, &e)),
         }
     };
     let mut sender = match h1_handshake(io).await {

@@ -21,6 +21,8 @@ use tokio::net::TcpStream;
 
 pub type Body = BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What `poll_frame` of every body kz builds returns.
+pub type PolledFrame = std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>>;
 
 /// Whether kz may connect to `ip` without `allow_private`: public unicast only.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -359,12 +361,7 @@ impl Upstream {
         let tls = crate::http::tls_client_config(extra_roots);
         let mut tls_h1 = tls.clone();
         tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = crate::http::https_connector(tls, http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)

@@ -37,12 +37,11 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// A decision about `subject` by the holder of `claims`.
-    pub fn decision(
+    /// The fields every line has; the rest empty.
+    fn base(
         claims: &'a serde_json::Map<String, serde_json::Value>,
-        subject: &'a crate::server::engine::Subject<'a>,
-        d: &'a crate::policy::decide::Decision,
-        latency: std::time::Duration,
+        action: &'a str,
+        decision: &'a str,
     ) -> Self {
         Record {
             time: crate::time::Utc::now().rfc3339(),
@@ -50,14 +49,32 @@ impl<'a> Record<'a> {
             decision_id: None,
             issuer: claims.get("iss"),
             subject: claims.get("sub"),
+            reference: None,
+            provider: None,
+            name: None,
+            action,
+            decision,
+            matched: None,
+            reason: None,
+            latency_ms: None,
+        }
+    }
+
+    /// A decision about `subject` by the holder of `claims`.
+    pub fn decision(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        subject: &'a crate::server::engine::Subject<'a>,
+        d: &'a crate::policy::decide::Decision,
+        latency: std::time::Duration,
+    ) -> Self {
+        let decision = if d.allowed { "allow" } else { "deny" };
+        Record {
             reference: Some(subject.reference),
             provider: subject.provider.map(|p| p.name()),
             name: subject.name,
-            action: subject.action,
-            decision: if d.allowed { "allow" } else { "deny" },
             matched: Some(&d.matched),
-            reason: None,
             latency_ms: Some(crate::audit::millis(latency)),
+            ..Record::base(claims, subject.action, decision)
         }
     }
 
@@ -69,19 +86,9 @@ impl<'a> Record<'a> {
         reason: &'a str,
     ) -> Self {
         Record {
-            time: crate::time::Utc::now().rfc3339(),
-            event: "decision",
-            decision_id: None,
-            issuer: claims.get("iss"),
-            subject: claims.get("sub"),
-            reference: None,
-            provider: None,
             name: Some(name),
-            action,
-            decision: "refused",
-            matched: None,
             reason: Some(reason),
-            latency_ms: None,
+            ..Record::base(claims, action, "refused")
         }
     }
 
