@@ -13,6 +13,11 @@ use serde::Serialize;
 /// `{NAME}`).
 pub type LineFilter = Box<dyn Fn(&str) -> String + Send + Sync>;
 
+/// The audit log could not be opened (it is not created when it cannot be written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit log {0}: cannot open: {1}")]
+pub struct OpenError(String, String);
+
 /// An open audit log, or a no-op when auditing is off.
 #[derive(Default)]
 pub struct Audit {
@@ -38,19 +43,13 @@ impl Audit {
         let _ = self.filter.set(filter);
     }
 
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| {
-                format!(
-                    "audit log {}: cannot open: {}",
-                    path.display(),
-                    crate::config::io_reason(&e)
-                )
-            })?;
+            .map_err(|e| OpenError(path.display().to_string(), crate::fs::io_reason(&e)))?;
         Ok(Audit {
             file: Some(Mutex::new(file)),
             filter: std::sync::OnceLock::new(),

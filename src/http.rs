@@ -23,8 +23,21 @@ pub enum HttpError {
     Connect(String),
     #[error("response larger than {MAX_BODY} bytes")]
     TooLarge,
+    #[error("invalid json in response: {0}")]
+    Json(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// Why certificates could not be read; `what` names their source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("{0}: invalid pem: {1}")]
+    Invalid(String, String),
+    #[error("{0}: no certificates found")]
+    Empty(String),
+    #[error("{0}: cannot read ca file: {1}")]
+    Read(String, String),
 }
 
 /// A response with its body read.
@@ -35,8 +48,8 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body).map_err(|e| format!("invalid json in response: {e}"))
+    pub fn json(&self) -> Result<serde_json::Value, HttpError> {
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::Json(e.to_string()))
     }
 }
 
@@ -52,24 +65,19 @@ pub fn system_roots() -> &'static [CertificateDer<'static>] {
 }
 
 /// Every certificate in PEM text; `what` names its source in errors.
-pub fn parse_pem_certs(data: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn parse_pem_certs(data: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &data[..]).collect();
-    let certs = certs.map_err(|e| format!("{what}: invalid pem: {e}"))?;
+    let certs = certs.map_err(|e| PemError::Invalid(what.into(), e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!("{what}: no certificates found"));
+        return Err(PemError::Empty(what.into()));
     }
     Ok(certs)
 }
 
 /// Reads every certificate in a PEM file.
-pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| {
-        format!(
-            "{}: cannot read ca file: {}",
-            path.display(),
-            crate::config::io_reason(&e)
-        )
-    })?;
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let data = std::fs::read(path)
+        .map_err(|e| PemError::Read(path.display().to_string(), crate::fs::io_reason(&e)))?;
     parse_pem_certs(&data, &path.display().to_string())
 }
 
@@ -99,7 +107,7 @@ pub fn https_connector<C>(
 
 impl HttpClient {
     /// A client trusting the system roots plus `extra_ca` files.
-    pub fn new(extra_ca: &[&Path]) -> Result<Self, String> {
+    pub fn new(extra_ca: &[&Path]) -> Result<Self, PemError> {
         let mut extra = Vec::new();
         for p in extra_ca {
             extra.extend(read_pem_certs(p)?);

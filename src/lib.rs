@@ -31,6 +31,7 @@ mod conceal;
 mod config;
 mod env;
 mod exit;
+mod fs;
 mod http;
 mod lru;
 mod mask;

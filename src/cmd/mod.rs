@@ -74,10 +74,10 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: u8, line: impl Into<String>) -> Self {
+    pub fn new(code: u8, line: impl std::fmt::Display) -> Self {
         Failure {
             code,
-            lines: vec![line.into()],
+            lines: vec![line.to_string()],
         }
     }
     pub fn many(code: u8, lines: Vec<String>) -> Self {
@@ -196,11 +196,12 @@ pub fn token_mode(
     if cfg.blind.tokens != config::TokenKind::Stable {
         return Ok(crate::blind::TokenMode::PerRun);
     }
-    let fail = |e: String| Failure::new(code, format!("blind.tokens = \"stable\": {e}"));
-    let paths = StorePaths::resolve(&cfg.providers.local, None, env).map_err(fail)?;
+    let fail =
+        |e: &dyn std::fmt::Display| Failure::new(code, format!("blind.tokens = \"stable\": {e}"));
+    let paths = StorePaths::resolve(&cfg.providers.local, None, env).map_err(|e| fail(&e))?;
     let key = StoreKey::load(&paths, true)
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("no local key".into()))?;
+        .map_err(|e| fail(&e))?
+        .ok_or_else(|| fail(&"no local key"))?;
     let project = cfg
         .path
         .as_deref()

@@ -167,7 +167,7 @@ pub fn run(args: RunArgs) -> CommandResult {
     rt.block_on(async move {
         let session = crate::proxy::session::start(&cfg, vars, &mode, audit, args.isolate)
             .await
-            .map_err(|e| Failure::many(EXIT_KZ, e.lines().map(String::from).collect()))?;
+            .map_err(|e| Failure::many(EXIT_KZ, e.to_string().lines().map(String::from).collect()))?;
         if let Some((u, g)) = run_as {
             session.share_with(u, g);
         }

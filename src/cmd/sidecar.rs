@@ -11,6 +11,7 @@ use super::{
     load_config, open_audit, process_env, resolve_config, runtime, CommandResult, Failure, EXIT_KZ,
 };
 use crate::cli::SidecarArgs;
+use crate::fs::FileError;
 use crate::proxy::session::{build_proxy, write_ca_files};
 use crate::proxy::transparent::FrontDoor;
 use crate::serve::{Limits, Stop};
@@ -88,13 +89,14 @@ pub fn sidecar(a: SidecarArgs) -> CommandResult {
             .filter_map(|r| r.outcome.ok().flatten().map(|v| (r.spec.name, v)))
             .collect();
         let proxy = Arc::new(
-            build_proxy(&cfg, vars, &preset, &mode, audit, true)
-                .map_err(|e| Failure::new(EXIT_KZ, e))?,
+            build_proxy(&cfg, vars, &preset, &mode, audit, true).map_err(|e| {
+                Failure::many(EXIT_KZ, e.to_string().lines().map(String::from).collect())
+            })?,
         );
         std::fs::create_dir_all(&a.share_dir)
-            .map_err(|e| Failure::new(EXIT_KZ, format!("{}: {e}", a.share_dir.display())))?;
+            .map_err(|e| Failure::new(EXIT_KZ, FileError::new(&a.share_dir, &e).to_string()))?;
         write_ca_files(&proxy, &a.share_dir, 0o644, None, true)
-            .map_err(|e| Failure::new(EXIT_KZ, e))?;
+            .map_err(|e| Failure::new(EXIT_KZ, e.to_string()))?;
         let tokens: String = proxy
             .table
             .secrets

@@ -1,6 +1,15 @@
 //! `[network] upstream_proxy`: kz's own egress proxy, parsed (the proxy opens tunnels through
 //! it).
 
+/// Why an upstream proxy URL cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    #[error("expected an http:// proxy url (kz speaks CONNECT to it)")]
+    Scheme,
+    #[error("no host in the proxy url")]
+    NoHost,
+}
+
 /// kz's own egress proxy (`[network] upstream_proxy`, else the `HTTPS_PROXY` kz was started
 /// with): upstream connections are opened with `CONNECT` through it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,19 +25,17 @@ pub struct UpstreamProxy {
 impl UpstreamProxy {
     /// Parses `http://[user:password@]host[:port]` (port 3128, the usual one, when none is
     /// given); `no_proxy` is a `NO_PROXY` list.
-    pub fn parse(url: &str, no_proxy: Option<&str>) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or("expected an http:// proxy url (kz speaks CONNECT to it)")?;
+    pub fn parse(url: &str, no_proxy: Option<&str>) -> Result<Self, ProxyUrlError> {
+        let rest = url.strip_prefix("http://").ok_or(ProxyUrlError::Scheme)?;
         let rest = rest.trim_end_matches('/');
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
             None => (None, rest),
         };
         let (host, port) =
-            super::host::split_authority(hostport, 3128).ok_or("no host in the proxy url")?;
+            super::host::split_authority(hostport, 3128).ok_or(ProxyUrlError::NoHost)?;
         if host.is_empty() {
-            return Err("no host in the proxy url".into());
+            return Err(ProxyUrlError::NoHost);
         }
         let authorization = auth.map(|a| {
             use base64::Engine;

@@ -61,6 +61,15 @@ pub struct StorePaths {
     pub env_key: Option<Zeroizing<String>>,
 }
 
+/// No place for the store or its key: neither the config, the variables nor a home name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaced {
+    #[error("cannot place the local store: set KZ_STORE or HOME")]
+    Store,
+    #[error("cannot place the local key file: set KZ_LOCAL_KEY_FILE or HOME")]
+    KeyFile,
+}
+
 impl StorePaths {
     /// Config values first, then `KZ_STORE` / `KZ_LOCAL_KEY_FILE`, then the XDG defaults
     /// (`~/.local/share/keyzero/store.kz`, `~/.config/keyzero/local.key`).
@@ -68,7 +77,7 @@ impl StorePaths {
         cfg: &LocalConfig,
         store_flag: Option<&Path>,
         env: &dyn Env,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Unplaced> {
         let home = env.home();
         let data = env
             .nonempty("XDG_DATA_HOME")
@@ -83,13 +92,13 @@ impl StorePaths {
             .or_else(|| cfg.path.clone())
             .or_else(|| env.nonempty("KZ_STORE").map(PathBuf::from))
             .or_else(|| data.map(|d| d.join("keyzero/store.kz")))
-            .ok_or("cannot place the local store: set KZ_STORE or HOME")?;
+            .ok_or(Unplaced::Store)?;
         let key_file = cfg
             .key_file
             .clone()
             .or_else(|| env.nonempty("KZ_LOCAL_KEY_FILE").map(PathBuf::from))
             .or_else(|| conf.map(|d| d.join("keyzero/local.key")))
-            .ok_or("cannot place the local key file: set KZ_LOCAL_KEY_FILE or HOME")?;
+            .ok_or(Unplaced::KeyFile)?;
         Ok(StorePaths {
             store,
             key_file,

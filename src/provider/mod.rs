@@ -84,22 +84,22 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Self {
         ProviderError {
             kind,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
-    pub fn not_found(m: impl Into<String>) -> Self {
+    pub fn not_found(m: impl std::fmt::Display) -> Self {
         Self::new(ErrorKind::NotFound, m)
     }
-    pub fn denied(m: impl Into<String>) -> Self {
+    pub fn denied(m: impl std::fmt::Display) -> Self {
         Self::new(ErrorKind::Denied, m)
     }
-    pub fn backend(m: impl Into<String>) -> Self {
+    pub fn backend(m: impl std::fmt::Display) -> Self {
         Self::new(ErrorKind::Backend, m)
     }
-    pub fn config(m: impl Into<String>) -> Self {
+    pub fn config(m: impl std::fmt::Display) -> Self {
         Self::new(ErrorKind::Config, m)
     }
 }

@@ -29,6 +29,11 @@ pub struct StreamReport {
     pub bytes: AtomicU64,
 }
 
+/// A content coding kz does not undo (its name, lower-case).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}")]
+pub struct UnknownCoding(pub String);
+
 /// A content coding kz can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {
@@ -41,7 +46,9 @@ pub enum Coding {
 impl Coding {
     /// The codings of a `Content-Encoding` value list, in the order they were applied
     /// (`identity` dropped). `Err(name)`: one kz cannot undo.
-    pub fn parse_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<Coding>, String> {
+    pub fn parse_list<'a>(
+        values: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<Coding>, UnknownCoding> {
         let mut out = Vec::new();
         for v in values.flat_map(|v| v.split(',')) {
             match v.trim().to_ascii_lowercase().as_str() {
@@ -50,7 +57,7 @@ impl Coding {
                 "deflate" => out.push(Coding::Deflate),
                 "br" => out.push(Coding::Brotli),
                 "zstd" => out.push(Coding::Zstd),
-                other => return Err(other.to_string()),
+                other => return Err(UnknownCoding(other.to_string())),
             }
         }
         Ok(out)
@@ -495,7 +502,7 @@ mod tests {
         );
         assert_eq!(
             Coding::parse_list(["gzip, compress"].into_iter()),
-            Err("compress".into())
+            Err(UnknownCoding("compress".into()))
         );
         // A brotli stream written by hand (RFC 7932): window 16, one uncompressed meta-block of
         // 5 bytes, then an empty last meta-block.

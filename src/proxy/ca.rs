@@ -14,6 +14,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// Leaf certificates kept minted (a hostile client can ask for any number of wildcard names).
 pub const LEAF_CACHE: usize = 512;
 
+/// Why a certificate or a TLS configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0}: {1}")]
+    Cert(String, rcgen::Error),
+    #[error("leaf name {0:?}: {1}")]
+    Name(String, rcgen::Error),
+    #[error("tls config for {0}: {1}")]
+    Tls(String, rustls::Error),
+}
+
 pub struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
@@ -21,8 +32,8 @@ pub struct Ca {
 }
 
 impl Ca {
-    pub fn generate() -> Result<Self, String> {
-        let key = KeyPair::generate().map_err(|e| format!("ca key: {e}"))?;
+    pub fn generate() -> Result<Self, CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Cert("ca key".into(), e))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(
@@ -42,7 +53,7 @@ impl Ca {
         params.not_after = now + std::time::Duration::from_secs(30 * 86_400);
         let cert = params
             .self_signed(&key)
-            .map_err(|e| format!("ca certificate: {e}"))?;
+            .map_err(|e| CaError::Cert("ca certificate".into(), e))?;
         Ok(Ca {
             cert,
             key,
@@ -59,12 +70,12 @@ impl Ca {
     }
 
     /// The TLS server config presenting a certificate for `host`, minted on first use.
-    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
         if let Some(c) = self.leaves.lock().unwrap().get(&host) {
             return Ok(c);
         }
-        let key = KeyPair::generate().map_err(|e| format!("leaf key: {e}"))?;
+        let key = KeyPair::generate().map_err(|e| CaError::Cert("leaf key".into(), e))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, host.clone());
@@ -74,7 +85,7 @@ impl Ca {
             Err(_) => SanType::DnsName(
                 host.clone()
                     .try_into()
-                    .map_err(|e| format!("leaf name {host:?}: {e}"))?,
+                    .map_err(|e| CaError::Name(host.clone(), e))?,
             ),
         }];
         params.key_usages = vec![
@@ -87,7 +98,7 @@ impl Ca {
         params.not_after = now + std::time::Duration::from_secs(7 * 86_400);
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
-            .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
+            .map_err(|e| CaError::Cert(format!("leaf certificate for {host}"), e))?;
         let chain = vec![leaf.der().clone(), self.cert.der().clone()];
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -97,7 +108,7 @@ impl Ca {
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_single_cert(chain, der)
-        .map_err(|e| format!("tls config for {host}: {e}"))?;
+        .map_err(|e| CaError::Tls(host.clone(), e))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
         self.leaves.lock().unwrap().insert(host, cfg.clone());

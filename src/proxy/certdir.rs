@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use crate::fs::FileError;
+
 use rustls::pki_types::CertificateDer;
 
 /// One DER element: (tag, header length, total length) at the start of `d`.
@@ -164,33 +166,33 @@ pub fn write(
     certs: &[CertificateDer<'_>],
     bundle_pem: &str,
     mode: u32,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let io = FileError::at(dir);
     let dir_mode = if mode & 0o044 != 0 { 0o755 } else { 0o700 };
     std::fs::DirBuilder::new()
         .mode(dir_mode)
         .create(dir)
-        .map_err(io)?;
+        .map_err(&io)?;
     // Shared with other users (the sidecar's volume): set the modes outright, whatever the
     // umask; private files only ever lose bits to it.
     let shared = mode & 0o044 != 0;
     if shared {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).map_err(&io)?;
     }
-    let put = |name: &str, text: &[u8]| -> Result<(), String> {
+    let put = |name: &str, text: &[u8]| -> Result<(), FileError> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(dir.join(name))
-            .map_err(io)?;
+            .map_err(&io)?;
         if shared {
             f.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(io)?;
+                .map_err(&io)?;
         }
-        f.write_all(text).map_err(io)
+        f.write_all(text).map_err(&io)
     };
     let mut used = std::collections::HashMap::<u32, u32>::new();
     for c in certs {

@@ -12,7 +12,7 @@ use hyper::header::{
 };
 use hyper::{Request, StatusCode, Version};
 
-use super::body::{Coding, MAX_CODINGS};
+use super::body::{Coding, UnknownCoding, MAX_CODINGS};
 use super::refusal::Refusal;
 use super::{split_authority, Dest};
 use crate::blind::{basic_decoded, swap_basic, HostSwap, TokenTable};
@@ -281,7 +281,7 @@ fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, CodingProblem> {
     match Coding::parse_list(values) {
         Ok(c) if c.len() <= MAX_CODINGS => Ok(c),
         Ok(c) => Err(CodingProblem::Layers(c.len())),
-        Err(name) => Err(CodingProblem::Unknown(name)),
+        Err(UnknownCoding(name)) => Err(CodingProblem::Unknown(name)),
     }
 }
 

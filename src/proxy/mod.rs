@@ -210,7 +210,9 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
     if proxy.table.intercepts(&host, port) {
         let cfg = match proxy.ca.server_config(&host) {
             Ok(c) => c,
-            Err(e) => return proxy.answer(Refusal::upstream(StatusCode::BAD_GATEWAY, e)),
+            Err(e) => {
+                return proxy.answer(Refusal::upstream(StatusCode::BAD_GATEWAY, e.to_string()))
+            }
         };
         tokio::spawn(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {

@@ -39,22 +39,22 @@ pub struct Refused<'a> {
 }
 
 impl Refusal {
-    pub fn denied(status: StatusCode, host: &str, reason: impl Into<String>) -> Self {
+    pub fn denied(status: StatusCode, host: &str, reason: impl std::fmt::Display) -> Self {
         Refusal::Denied {
             status,
             host: host.to_string(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 
-    pub fn bad_request(what: impl Into<String>) -> Self {
-        Refusal::BadRequest(what.into())
+    pub fn bad_request(what: impl std::fmt::Display) -> Self {
+        Refusal::BadRequest(what.to_string())
     }
 
-    pub fn upstream(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn upstream(status: StatusCode, message: impl std::fmt::Display) -> Self {
         Refusal::Upstream {
             status,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 

@@ -24,12 +24,30 @@ pub enum Signature {
     Query(Scope),
 }
 
+/// Why an AWS-signed request is refused rather than signed again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResignError {
+    #[error("AWS signature version 2 cannot be signed again by kz; use SigV4 (for boto3 presigned S3 URLs: Config(signature_version=\"s3v4\"))")]
+    Version2,
+    #[error("an AWS SigV4 Authorization header kz cannot read")]
+    Header,
+    #[error("a presigned AWS SigV4 query kz cannot read")]
+    Query,
+    #[error("the AWS signature names a header the request does not carry")]
+    MissingHeader,
+    #[error("the AWS signature was not made with the token of {0} (kz signs again only requests the agent signed with that token; check that the SDK's secret access key is the token)")]
+    NotTheToken(String),
+    #[error("a signed header was dropped on the way")]
+    Dropped,
+    #[error("a key id kz cannot send")]
+    KeyId,
+}
+
 /// Whether (and how) `parts` carries a SigV4 signature.
-pub fn signature_of(headers: &HeaderMap, query: &str) -> Option<Result<Signature, String>> {
-    const V2: &str = "AWS signature version 2 cannot be signed again by kz; use SigV4 (for boto3 presigned S3 URLs: Config(signature_version=\"s3v4\"))";
+pub fn signature_of(headers: &HeaderMap, query: &str) -> Option<Result<Signature, ResignError>> {
     if let Some(auth) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if auth.starts_with("AWS ") {
-            return Some(Err(V2.into()));
+            return Some(Err(ResignError::Version2));
         }
         if auth.starts_with("AWS4-HMAC-SHA256") {
             let date = headers
@@ -40,7 +58,7 @@ pub fn signature_of(headers: &HeaderMap, query: &str) -> Option<Result<Signature
                 sigv4::parse_authorization(auth, date)
                     .filter(|_| !date.is_empty())
                     .map(Signature::Header)
-                    .ok_or_else(|| "an AWS SigV4 Authorization header kz cannot read".to_string()),
+                    .ok_or(ResignError::Header),
             );
         }
     }
@@ -52,7 +70,7 @@ pub fn signature_of(headers: &HeaderMap, query: &str) -> Option<Result<Signature
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     if get("AWSAccessKeyId").is_some() && get("Signature").is_some() {
-        return Some(Err(V2.into()));
+        return Some(Err(ResignError::Version2));
     }
     let sig = get("X-Amz-Signature")?;
     let parsed = (|| {
@@ -66,11 +84,7 @@ pub fn signature_of(headers: &HeaderMap, query: &str) -> Option<Result<Signature
         );
         sigv4::parse_authorization(&auth, &get("X-Amz-Date")?)
     })();
-    Some(
-        parsed
-            .map(Signature::Query)
-            .ok_or_else(|| "a presigned AWS SigV4 query kz cannot read".to_string()),
-    )
+    Some(parsed.map(Signature::Query).ok_or(ResignError::Query))
 }
 
 /// `(lower-case name, value)` pairs, with `host` from the header or the authority.
@@ -145,21 +159,17 @@ pub fn resign(
     ex: &Exchange,
     forward_headers: &mut HeaderMap,
     authority: &str,
-) -> Result<Resigned, String> {
+) -> Result<Resigned, ResignError> {
     let scope = match sig {
         Signature::Header(s) | Signature::Query(s) => s,
     };
-    let canonical = sigv4::canonical_request(&ex.sent, scope)
-        .ok_or_else(|| "the AWS signature names a header the request does not carry".to_string())?;
+    let canonical = sigv4::canonical_request(&ex.sent, scope).ok_or(ResignError::MissingHeader)?;
     let Some((index, secret, seed_token)) = candidates.iter().find_map(|(i, s)| {
         let t = sigv4::sign(&canonical, scope, &s.token);
         sigv4::same(&t, &scope.signature).then_some((*i, *s, t))
     }) else {
         let names: Vec<&str> = candidates.iter().map(|(_, s)| s.name.as_str()).collect();
-        return Err(format!(
-            "the AWS signature was not made with the token of {} (kz signs again only requests the agent signed with that token; check that the SDK's secret access key is the token)",
-            names.join(" or ")
-        ));
+        return Err(ResignError::NotTheToken(names.join(" or ")));
     };
     // What kz forwards, signed with the key. The key id in the scope is the forwarded one
     // (a token there has been swapped already).
@@ -191,8 +201,7 @@ pub fn resign(
         headers: &fwd_pairs,
         payload_hash: ex.sent.payload_hash,
     };
-    let fwd_canonical = sigv4::canonical_request(&fwd, &fwd_scope)
-        .ok_or_else(|| "a signed header was dropped on the way".to_string())?;
+    let fwd_canonical = sigv4::canonical_request(&fwd, &fwd_scope).ok_or(ResignError::Dropped)?;
     let real = secret.value.expose();
     let seed_real = sigv4::sign(&fwd_canonical, &fwd_scope, real);
     let query = match sig {
@@ -205,7 +214,7 @@ pub fn resign(
             );
             forward_headers.insert(
                 AUTHORIZATION,
-                HeaderValue::from_str(&value).map_err(|_| "a key id kz cannot send".to_string())?,
+                HeaderValue::from_str(&value).map_err(|_| ResignError::KeyId)?,
             );
             ex.query.to_string()
         }

@@ -14,6 +14,7 @@ use crate::audit::Audit;
 use crate::blind::{env::child_env, TokenTable};
 use crate::config::Config;
 use crate::env::Env;
+use crate::fs::FileError;
 use crate::secret::SecretValue;
 
 pub struct Session {
@@ -31,15 +32,65 @@ fn credential() -> String {
     crate::blind::new_token()[crate::blind::token::GENERIC_PREFIX.len()..].to_string()
 }
 
-fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), String> {
+fn write_private(path: &std::path::Path, data: &str, mode: u32) -> Result<(), FileError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(data.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(FileError::at(path))?;
+    f.write_all(data.as_bytes()).map_err(FileError::at(path))
+}
+
+/// Why blind mode could not start; one line per problem, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Secrets whose values are too short to scrub from responses.
+    #[error("{}", too_short(.0))]
+    TooShort(Vec<String>),
+    #[error("proxy: cannot listen on 127.0.0.1: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot create a private temporary directory: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("network.upstream_ca: {0}")]
+    UpstreamCa(crate::http::PemError),
+    /// The proxy's URL is shown without its password.
+    #[error("upstream proxy {url}: {reason}")]
+    UpstreamProxy {
+        url: String,
+        reason: crate::config::egress::ProxyUrlError,
+    },
+}
+
+fn too_short(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "{n}: its value is shorter than {} characters, too short to scrub from responses; blind mode refuses it",
+                crate::conceal::forms::MIN_MASK_LEN
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `url` with the password of its user part replaced by `***`.
+fn without_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// Starts the proxy for `vars` (name → real value) as configured in `cfg`.
@@ -51,7 +102,7 @@ pub async fn start(
     mode: &crate::blind::TokenMode,
     audit: Arc<Audit>,
     transparent: bool,
-) -> Result<Session, String> {
+) -> Result<Session, StartError> {
     let proxy = Arc::new(build_proxy(
         cfg,
         vars,
@@ -62,15 +113,15 @@ pub async fn start(
     )?);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| format!("proxy: cannot listen on 127.0.0.1: {e}"))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        .map_err(StartError::Listen)?;
+    let port = listener.local_addr().map_err(StartError::Listen)?.port();
     let tmp = std::env::temp_dir();
     remove_stale_dirs(&tmp);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&tmp)
-        .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
+        .map_err(StartError::TempDir)?;
     // Under --isolate the hashed directory stands in for /etc/ssl/certs, so it holds every
     // root; otherwise it holds kz's CA alone and SSL_CERT_DIR lists the system's directory
     // after it (a colon-separated list, as OpenSSL and Go read it), which spares writing a
@@ -156,7 +207,7 @@ pub fn write_ca_files(
     mode: u32,
     user_wgetrc: Option<&str>,
     all_roots: bool,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     let ca_pem = proxy.ca.cert_pem();
     let mut bundle = ca::pem_encode(crate::http::system_roots());
     bundle.push_str(&ca_pem);
@@ -201,21 +252,16 @@ pub fn build_proxy(
     mode: &crate::blind::TokenMode,
     audit: Arc<Audit>,
     transparent: bool,
-) -> Result<Proxy, String> {
+) -> Result<Proxy, StartError> {
     // A value this short cannot be told apart from ordinary response bytes, so it could not be
     // scrubbed from what the upstream echoes: refuse it rather than pass it.
     let short: Vec<String> = vars
         .iter()
         .filter(|(_, v)| v.expose().len() < crate::conceal::forms::MIN_MASK_LEN)
-        .map(|(n, _)| {
-            format!(
-                "{n}: its value is shorter than {} characters, too short to scrub from responses; blind mode refuses it",
-                crate::conceal::forms::MIN_MASK_LEN
-            )
-        })
+        .map(|(n, _)| n.clone())
         .collect();
     if !short.is_empty() {
-        return Err(short.join("\n"));
+        return Err(StartError::TooShort(short));
     }
     let mut secrets = Vec::new();
     for (name, value) in vars {
@@ -234,7 +280,7 @@ pub fn build_proxy(
     let ca = ca::Ca::generate()?;
     let mut extra = Vec::new();
     if let Some(p) = &cfg.network.upstream_ca {
-        extra = crate::http::read_pem_certs(p).map_err(|e| format!("network.upstream_ca: {e}"))?;
+        extra = crate::http::read_pem_certs(p).map_err(StartError::UpstreamCa)?;
     }
     let mut resolver = Resolver::new(cfg.network.hosts.clone(), cfg.network.allow_private);
     if transparent {
@@ -250,8 +296,12 @@ pub fn build_proxy(
         .find_map(|k| std::env::var(k).ok());
     let via = match proxy_url {
         Some(u) => Some(
-            super::upstream::UpstreamProxy::parse(&u, no_proxy.as_deref())
-                .map_err(|e| format!("upstream proxy {u}: {e}"))?,
+            super::upstream::UpstreamProxy::parse(&u, no_proxy.as_deref()).map_err(|reason| {
+                StartError::UpstreamProxy {
+                    url: without_password(&u),
+                    reason,
+                }
+            })?,
         ),
         None => None,
     };
@@ -354,5 +404,37 @@ impl Session {
         let _ = self.stop.send(());
         let _ = self.task.await;
         drop(self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_proxy_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("http://alice:s3cr3t-pw@proxy.corp:3128"),
+            "http://alice:***@proxy.corp:3128"
+        );
+        assert_eq!(
+            without_password("http://proxy.corp:3128"),
+            "http://proxy.corp:3128"
+        );
+        let e = StartError::UpstreamProxy {
+            url: without_password("socks5://bob:hunter22@p"),
+            reason: crate::config::egress::ProxyUrlError::Scheme,
+        };
+        assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn every_too_short_secret_gets_its_own_line() {
+        let e = StartError::TooShort(vec!["A".into(), "B".into()]);
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("A: its value is shorter than"));
+        assert!(lines[1].starts_with("B: "));
     }
 }

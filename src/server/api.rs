@@ -135,7 +135,11 @@ impl Server {
                 engine.bundle.config.secrets.iter().find(|s| s.name == r),
             ) {
                 (None, Some(_)) => engine.target(&Asked::Name(r)).await.map_err(|e| e.message),
-                _ => engine.explain_ref(provider, r).await.map(|t| (t, None)),
+                _ => engine
+                    .explain_ref(provider, r)
+                    .await
+                    .map(|t| (t, None))
+                    .map_err(|e| e.to_string()),
             };
             // A Vault ref without a key may be read as its parent's key: answered the way
             // `/v1/resolve` would decide it (the parent is decided too when the path is absent).

@@ -386,7 +386,7 @@ impl Engine {
         &self,
         provider: Option<ProviderKind>,
         reference: &str,
-    ) -> Result<SecretRef, String> {
+    ) -> Result<SecretRef, crate::refs::BadRef> {
         let Some(kind) = provider else {
             return Ok(SecretRef {
                 provider: ProviderKind::Vault,
@@ -395,7 +395,7 @@ impl Engine {
                 version: None,
             });
         };
-        let mut r = crate::refs::parse(kind, reference, None, None).map_err(|e| e.to_string())?;
+        let mut r = crate::refs::parse(kind, reference, None, None)?;
         if self.providers.has(kind) {
             // When the backend cannot say (no token, unreachable), explained offline.
             if let Ok(c) = self.providers.canonical(&r).await {
@@ -496,10 +496,25 @@ fn unverified_issuer(token: &str) -> Option<String> {
 /// Fetches an issuer's JWKS, trusting `jwks_ca_file` besides the system roots and sending the
 /// bearer token in `jwks_token_file` (read each time: a Kubernetes API server serves its keys
 /// only to authenticated callers, and the projected token rotates).
+/// Why an issuer's keys could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    #[error("no jwks_url")]
+    NoUrl,
+    #[error(transparent)]
+    Ca(#[from] crate::http::PemError),
+    #[error(transparent)]
+    Token(#[from] crate::fs::FileError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("http {0}")]
+    Status(u16),
+}
+
 async fn fetch_jwks(
     issuer: &crate::config::bundle::Issuer,
-) -> Result<Vec<(Option<String>, Key)>, String> {
-    let url = issuer.jwks_url.as_deref().ok_or("no jwks_url")?;
+) -> Result<Vec<(Option<String>, Key)>, JwksError> {
+    let url = issuer.jwks_url.as_deref().ok_or(JwksError::NoUrl)?;
     let extra = match &issuer.jwks_ca_file {
         Some(f) => crate::http::read_pem_certs(f)?,
         None => Vec::new(),
@@ -507,19 +522,15 @@ async fn fetch_jwks(
     let client = crate::http::HttpClient::with_certs(&extra);
     let mut req = hyper::Request::get(url);
     if let Some(f) = &issuer.jwks_token_file {
-        let token = std::fs::read_to_string(f)
-            .map_err(|e| format!("{}: {}", f.display(), crate::config::io_reason(&e)))?;
+        let token = std::fs::read_to_string(f).map_err(crate::fs::FileError::at(f))?;
         req = req.header("authorization", format!("Bearer {}", token.trim()));
     }
     let req = req
         .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .send(req, std::time::Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::http::HttpError::Other(e.to_string()))?;
+    let resp = client.send(req, std::time::Duration::from_secs(10)).await?;
     if !resp.status.is_success() {
-        return Err(format!("http {}", resp.status.as_u16()));
+        return Err(JwksError::Status(resp.status.as_u16()));
     }
     Ok(jwt::keys_from_jwks(&resp.json()?))
 }

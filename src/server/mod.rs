@@ -185,7 +185,7 @@ impl Server {
             Ok(c) => Ok((engine, c)),
             Err(reason) => {
                 self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-                Err(unauthorized(&reason))
+                Err(unauthorized(&reason.to_string()))
             }
         }
     }
@@ -194,23 +194,24 @@ impl Server {
         &self,
         engine: &Engine,
         req: &Request<Incoming>,
-    ) -> Result<Arc<Map<String, Value>>, String> {
+    ) -> Result<Arc<Map<String, Value>>, crate::policy::jwt::JwtError> {
+        use crate::policy::jwt::JwtError;
         let h = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or("no bearer token")?;
+            .ok_or(JwtError::Missing)?;
         let token = h
             .strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
-            .ok_or("no bearer token")?
+            .ok_or(JwtError::Missing)?
             .trim()
             .to_string();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        engine.verify(&token, now).await.map_err(|e| e.to_string())
+        engine.verify(&token, now).await
     }
 
     /// Decides and writes the decision-log line.

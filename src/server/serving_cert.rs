@@ -9,6 +9,8 @@ use std::time::Duration;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::fs::FileError;
+
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -21,33 +23,46 @@ pub struct ServingCert {
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
-fn read(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let r = |p: &Path| {
-        std::fs::read(p).map_err(|e| format!("{}: {}", p.display(), crate::config::io_reason(&e)))
-    };
+/// Why a certificate and key pair cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Pem(#[from] crate::http::PemError),
+    #[error("{0}: {1}")]
+    Key(String, String),
+    #[error("{0}: no private key found")]
+    NoKey(String),
+    #[error("{key}: the key does not match {cert}")]
+    Mismatch { key: String, cert: String },
+    #[error("tls config: {0}")]
+    Tls(rustls::Error),
+}
+
+fn read(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), FileError> {
+    let r = |p: &Path| std::fs::read(p).map_err(FileError::at(p));
     Ok((r(cert)?, r(key)?))
 }
 
-fn parse(cert: &Path, key: &Path, pem: &(Vec<u8>, Vec<u8>)) -> Result<CertifiedKey, String> {
+fn parse(cert: &Path, key: &Path, pem: &(Vec<u8>, Vec<u8>)) -> Result<CertifiedKey, CertError> {
     let certs = crate::http::parse_pem_certs(&pem.0, &cert.display().to_string())?;
+    let shown = || key.display().to_string();
     let der = rustls_pemfile::private_key(&mut pem.1.as_slice())
-        .map_err(|e| format!("{}: {e}", key.display()))?
-        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
+        .map_err(|e| CertError::Key(shown(), e.to_string()))?
+        .ok_or_else(|| CertError::NoKey(shown()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| format!("{}: {e}", key.display()))?;
+        .map_err(|e| CertError::Key(shown(), e.to_string()))?;
     let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|_| {
-        format!(
-            "{}: the key does not match {}",
-            key.display(),
-            cert.display()
-        )
+    ck.keys_match().map_err(|_| CertError::Mismatch {
+        key: shown(),
+        cert: cert.display().to_string(),
     })?;
     Ok(ck)
 }
 
 impl ServingCert {
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, String> {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, CertError> {
         let pem = read(cert, key)?;
         let ck = parse(cert, key, &pem)?;
         Ok(Arc::new(ServingCert {
@@ -97,12 +112,12 @@ impl ServingCert {
     }
 
     /// A rustls server configuration answering with the current pair (h2 and http/1.1).
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(CertError::Tls)?
         .with_no_client_auth()
         .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -189,7 +189,7 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
     };
     let ca = match crate::proxy::ca::Ca::generate() {
         Ok(c) => c,
-        Err(e) => return error(e),
+        Err(e) => return error(e.to_string()),
     };
     let proxy = Arc::new(crate::proxy::Proxy {
         table: table.clone(),
