@@ -142,6 +142,24 @@ adress = "https://v"
     }
 
     #[test]
+    fn every_table_with_credentials_names_its_variables_and_files() {
+        let cfg = parse(
+            "[providers.vault]\nauth = { method = \"jwt\", role = \"r\", jwt_env = \"VJWT\", jwt_file = \"/t/jwt\" }\n\
+             [providers.1password]\nconnect_host = \"https://op.test\"\nconnect_token_env = \"OPC\"\n\
+             [server]\nurl = \"https://pdp.test\"\ntoken_env = \"KZT\"\n\
+             [secrets]\nDB = { provider = \"file\", ref = \"/run/db\" }\n",
+        );
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cfg.credential_variables(), ["VJWT", "OPC", "KZT"]);
+        let files = cfg.credential_files();
+        assert!(files.contains(&PathBuf::from("/run/db")), "{files:?}");
+        assert!(files.contains(&PathBuf::from("/t/jwt")), "{files:?}");
+    }
+
+    #[test]
     fn vault_auth_methods() {
         let cfg = parse(
             "[providers.vault]\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"SID\" }\n",

@@ -240,21 +240,20 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every variable the config names as holding a backend credential (`*_env` keys), plus
-    /// the source variable of each `env` secret.
-    pub fn credential_variables(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        match &self.providers.vault.auth {
-            VaultAuth::Token { token_env } => out.extend(token_env.clone()),
-            VaultAuth::AppRole { secret_id_env, .. } => out.extend(secret_id_env.clone()),
-            VaultAuth::Jwt { jwt_env, .. } => out.extend(jwt_env.clone()),
-            VaultAuth::Kubernetes { .. } => {}
-        }
-        out.extend(self.providers.onepassword.connect_token_env.clone());
-        if let Some(s) = &self.server {
-            out.extend(s.token_env.clone());
-        }
+    /// The tables that name where credentials come from: each provider's, and `[server]`.
+    fn credential_sources(&self) -> Vec<&dyn CredentialSource> {
+        let mut out: Vec<&dyn CredentialSource> =
+            vec![&self.providers.vault, &self.providers.onepassword];
+        out.extend(self.server.as_ref().map(|s| s as &dyn CredentialSource));
         out
+    }
+
+    /// Every variable the config names as holding a backend credential (`*_env` keys).
+    pub fn credential_variables(&self) -> Vec<String> {
+        self.credential_sources()
+            .iter()
+            .flat_map(|t| t.credential_variables())
+            .collect()
     }
 
     /// Files the config reads credentials from: `file` secret sources, auth token files and the
@@ -267,15 +266,57 @@ impl Config {
             .filter(|s| s.provider == ProviderKind::File)
             .map(|s| cwd.join(&s.reference))
             .collect();
-        match &self.providers.vault.auth {
-            VaultAuth::AppRole { secret_id_file, .. } => out.extend(secret_id_file.clone()),
-            VaultAuth::Jwt { jwt_file, .. } => out.extend(jwt_file.clone()),
-            VaultAuth::Kubernetes { jwt_file, .. } => out.push(jwt_file.clone()),
-            VaultAuth::Token { .. } => {}
-        }
-        if let Some(s) = &self.server {
-            out.extend(s.token_file.clone());
+        for t in self.credential_sources() {
+            out.extend(t.credential_files());
         }
         out
+    }
+}
+
+/// A table that says where credentials come from: the variables and files kz removes from the
+/// child's environment and hides under `--isolate`. One implementation per provider table that
+/// has credentials of its own, and `[server]`.
+pub trait CredentialSource {
+    fn credential_variables(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn credential_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+impl CredentialSource for VaultConfig {
+    fn credential_variables(&self) -> Vec<String> {
+        match &self.auth {
+            VaultAuth::Token { token_env } => token_env.iter().cloned().collect(),
+            VaultAuth::AppRole { secret_id_env, .. } => secret_id_env.iter().cloned().collect(),
+            VaultAuth::Jwt { jwt_env, .. } => jwt_env.iter().cloned().collect(),
+            VaultAuth::Kubernetes { .. } => Vec::new(),
+        }
+    }
+
+    fn credential_files(&self) -> Vec<PathBuf> {
+        match &self.auth {
+            VaultAuth::AppRole { secret_id_file, .. } => secret_id_file.iter().cloned().collect(),
+            VaultAuth::Jwt { jwt_file, .. } => jwt_file.iter().cloned().collect(),
+            VaultAuth::Kubernetes { jwt_file, .. } => vec![jwt_file.clone()],
+            VaultAuth::Token { .. } => Vec::new(),
+        }
+    }
+}
+
+impl CredentialSource for OnePasswordConfig {
+    fn credential_variables(&self) -> Vec<String> {
+        self.connect_token_env.iter().cloned().collect()
+    }
+}
+
+impl CredentialSource for ServerConfig {
+    fn credential_variables(&self) -> Vec<String> {
+        self.token_env.iter().cloned().collect()
+    }
+
+    fn credential_files(&self) -> Vec<PathBuf> {
+        self.token_file.iter().cloned().collect()
     }
 }
