@@ -417,6 +417,11 @@ pub fn empty() -> Body {
 pub const BUFFER_CEILING_KIB: usize = 64 << 10;
 static BUFFERED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BUFFER_CEILING_KIB);
 
+/// A body as hyper received it, with its error boxed like every body kz forwards.
+pub fn incoming(b: hyper::body::Incoming) -> Body {
+    b.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
 /// A share of the buffer ceiling, held while a body of `len` bytes is in memory; `None` when
 /// the ceiling is reached.
 pub fn reserve_buffer(len: u64) -> Option<tokio::sync::SemaphorePermit<'static>> {

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
-use super::body::{collect_limited, empty, full, reserve_buffer, StreamReport, Transform};
+use super::body::{
+    collect_limited, empty, full, incoming, reserve_buffer, StreamReport, Transform,
+};
 use super::decide::{
     authority, head_refusal, host_agrees, is_websocket, misdirected, response_codings,
     scrub_headers, swap_head, token_refusal, SwappedHead,
@@ -30,11 +31,6 @@ pub const MAX_BUFFERED_RESPONSE: u64 = 1 << 20;
 /// How long an upstream may take to start its answer, by default: long reasoning calls send
 /// nothing for many minutes (the SDKs themselves wait 10), so kz must not be the one to give up.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-pub fn incoming(b: Incoming) -> Body {
-    b.map_err(|e| -> super::upstream::BoxError { Box::new(e) })
-        .boxed()
-}
 
 /// Handles one request towards `dest` (intercepted TLS, or plain HTTP through the proxy).
 /// `misdirected` is a TLS server name that differed from the CONNECT target; `lane` is the

@@ -192,7 +192,7 @@ async fn handle(
         return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
     }
     let dest = Dest { host, port, tls };
-    Ok(intercept::forward(proxy, dest, None, None, req.map(intercept::incoming)).await)
+    Ok(intercept::forward(proxy, dest, None, None, req.map(body::incoming)).await)
 }
 
 async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
@@ -300,7 +300,7 @@ pub async fn serve_intercepted<IO>(
             dest.clone(),
             misdirected.clone(),
             Some(lane.clone()),
-            req.map(intercept::incoming),
+            req.map(body::incoming),
         );
         async move { Ok::<_, Infallible>(fut.await) }
     });

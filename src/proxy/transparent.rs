@@ -306,7 +306,7 @@ async fn plain(
     dest: Dest,
     req: Request<Incoming>,
 ) -> Result<hyper::Response<upstream::Body>, Infallible> {
-    Ok(intercept::forward(proxy, dest, None, None, req.map(intercept::incoming)).await)
+    Ok(intercept::forward(proxy, dest, None, None, req.map(super::body::incoming)).await)
 }
 
 /// DNS over UDP, until `stop`.

@@ -9,10 +9,9 @@ use hyper::header::{HeaderValue, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::body::empty;
+use super::body::{empty, incoming};
 use super::decide::unreachable;
 use super::decide::{authority, scrub_headers, scrub_value, SwappedHead};
-use super::intercept::incoming;
 use super::lane::{h1_handshake, h1_send, Io};
 use super::refusal::Refusal;
 use super::upstream::Body;

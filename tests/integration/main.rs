@@ -20,6 +20,7 @@ mod pod;
 mod policy;
 mod run;
 mod sigv4;
+mod structure;
 mod tokens;
 mod tools;
 mod upstream;
