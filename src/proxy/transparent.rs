@@ -339,17 +339,27 @@ pub async fn serve_dns_tcp(
     names: Arc<NameMap>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    crate::serve::serve(listener, stop, Limits::server(), move |stream, _| {
-        dns_tcp_connection(stream, proxy.clone(), names.clone())
+    crate::serve::serve(listener, stop, Limits::server(), move |stream, drain| {
+        dns_tcp_connection(stream, proxy.clone(), names.clone(), drain)
     })
     .await;
 }
 
-async fn dns_tcp_connection(mut stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>) {
+/// Answers queries until the client is done, idle for 10 s, or the listener drains (a query
+/// already read is answered first).
+async fn dns_tcp_connection(
+    mut stream: TcpStream,
+    proxy: Arc<Proxy>,
+    names: Arc<NameMap>,
+    mut drain: Drain,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let mut len = [0u8; 2];
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await;
+        let read = tokio::select! {
+            _ = drain.requested() => return,
+            r = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)) => r,
+        };
         if !matches!(read, Ok(Ok(_))) {
             return;
         }
