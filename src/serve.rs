@@ -57,22 +57,22 @@ fn descriptor_limit() -> usize {
 
 /// Tells a connection that the listener is stopping; `requested` resolves then.
 #[derive(Clone)]
-pub struct Drain(watch::Receiver<bool>);
+pub struct Drain(Option<watch::Receiver<bool>>);
 
 impl Drain {
     /// A drain that is never requested (for connections served outside a listener).
     pub fn never() -> Drain {
-        let (tx, rx) = watch::channel(false);
-        // The sender is dropped: `requested` then waits forever.
-        drop(tx);
-        Drain(rx)
+        Drain(None)
     }
 
     /// Resolves once the listener has stopped accepting.
     pub async fn requested(&mut self) {
-        if self.0.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
+        if let Some(rx) = &mut self.0 {
+            if rx.wait_for(|stop| *stop).await.is_ok() {
+                return;
+            }
         }
+        std::future::pending::<()>().await
     }
 }
 
@@ -135,7 +135,7 @@ pub async fn serve<H, F>(
                     s = accept(&listener) => s,
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = handle(stream, Drain(drain_rx.clone()));
+                let conn = handle(stream, Drain(Some(drain_rx.clone())));
                 conns.spawn(async move {
                     conn.await;
                     drop(slot);

@@ -311,11 +311,14 @@ pub async fn serve_intercepted<IO>(
         .with_upgrades();
     tokio::pin!(server);
     let mut upstream: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    // Made once: the loop wakes several times per request.
+    let drained = drain.requested();
+    tokio::pin!(drained);
     let mut draining = false;
     loop {
         tokio::select! {
             _ = &mut server => break,
-            _ = drain.requested(), if !draining => {
+            _ = &mut drained, if !draining => {
                 // Answer the request in flight, then close.
                 server.as_mut().graceful_shutdown();
                 draining = true;
