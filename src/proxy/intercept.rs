@@ -58,10 +58,49 @@ async fn exchange(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Refusal> {
     let start = Instant::now();
-    if let Some(sni) = misdirected_sni {
-        return Err(misdirected(&sni, &dest));
+    let ws = is_websocket(&req);
+    let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    match prepare(proxy, &dest, misdirected_sni, &parts, body, ws, start).await? {
+        Prepared::Upgrade(head) => {
+            let on_client = client_upgrade.expect("prepared for an upgrade");
+            let method = parts.method;
+            Ok(
+                super::upgrade::websocket(proxy.clone(), dest, method, head, on_client, start)
+                    .await,
+            )
+        }
+        Prepared::Send(mut out, asked) => {
+            let sent = send(proxy, &dest, lane.as_deref(), &asked.method, &mut out).await?;
+            respond(proxy, dest, asked, out, sent.map(incoming)).await
+        }
     }
-    host_agrees(&req, &dest)?;
+}
+
+/// A request that passed every check, ready to go upstream.
+pub(super) enum Prepared {
+    /// A WebSocket upgrade, its head swapped.
+    Upgrade(SwappedHead),
+    /// Everything else: target, headers and body swapped.
+    Send(Outgoing, Asked),
+}
+
+/// Every check and swap a request gets before it is sent, whichever codec carried it: the TLS
+/// server name and `Host` agree with the destination, an IP literal passes the address rules,
+/// tokens are swapped in the target, headers and body or the request is refused.
+pub(super) async fn prepare(
+    proxy: &Arc<Proxy>,
+    dest: &Dest,
+    misdirected_sni: Option<String>,
+    parts: &hyper::http::request::Parts,
+    body: Body,
+    ws: bool,
+    start: Instant,
+) -> Result<Prepared, Refusal> {
+    if let Some(sni) = misdirected_sni {
+        return Err(misdirected(&sni, dest));
+    }
+    host_agrees(&parts.uri, &parts.headers, dest)?;
     // IP literals bypass name resolution in the pooled client, so check them here.
     if dest
         .host
@@ -83,20 +122,14 @@ async fn exchange(
     } else {
         proxy.table.nowhere()
     };
-    let ws = is_websocket(&req);
-    let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut head = swap_head(&proxy.table, &swap, &parts, ws)
-        .map_err(|why| head_refusal(&proxy.table, &dest, why))?;
+    let mut head = swap_head(&proxy.table, &swap, parts, ws)
+        .map_err(|why| head_refusal(&proxy.table, dest, why))?;
     // Only an audit line shows the path (tokens as `{NAME}`): no work for it otherwise.
     if proxy.audit.enabled() {
         head.shown_path = proxy.table.redact(parts.uri.path());
     }
-    if let Some(on_client) = client_upgrade {
-        let method = parts.method;
-        return Ok(
-            super::upgrade::websocket(proxy.clone(), dest, method, head, on_client, start).await,
-        );
+    if ws {
+        return Ok(Prepared::Upgrade(head));
     }
     let SwappedHead {
         path_and_query,
@@ -113,19 +146,18 @@ async fn exchange(
         report: Arc::new(StreamReport::default()),
         buffered: None,
     };
-    request_body(proxy, &dest, &swap, &parts, body, &mut out).await?;
-    let sent = send(proxy, &dest, lane.as_deref(), &parts.method, &mut out).await?;
+    request_body(proxy, dest, &swap, parts, body, &mut out).await?;
     let asked = Asked {
-        method: parts.method,
+        method: parts.method.clone(),
         shown_path,
         start,
     };
-    respond(proxy, dest, asked, out, sent).await
+    Ok(Prepared::Send(out, asked))
 }
 
 /// What the audit line says about the request.
-struct Asked {
-    method: Method,
+pub(super) struct Asked {
+    pub method: Method,
     shown_path: String,
     start: Instant,
 }
@@ -170,42 +202,52 @@ async fn send(
         }
     };
     match tokio::time::timeout(proxy.response_timeout, sent).await {
-        Err(_) => Err(Refusal::upstream(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("{} did not answer in time", dest.host),
-        )),
-        Ok(Err(e)) => {
-            if let Some(i) = *out.report.refused.lock().unwrap() {
-                return Err(token_refusal(&proxy.table, dest, i));
-            }
-            if let Some(p) = find_cause::<PrivateAddress>(&*e) {
-                return Err(Refusal::denied(
-                    StatusCode::FORBIDDEN,
-                    &dest.host,
-                    p.0.clone(),
-                ));
-            }
-            Err(Refusal::upstream(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream {}: {}", dest.host, error_chain(&*e)),
-            ))
-        }
+        Err(_) => Err(too_slow(dest)),
+        Ok(Err(e)) => Err(send_failure(proxy, dest, out, &*e)),
         Ok(Ok(r)) => Ok(r),
     }
 }
 
+/// The answer when sending failed: the request body's refusal when it held a token that may
+/// not go here, a refusal by rule for a private address, else a 502 naming the cause.
+pub(super) fn send_failure(
+    proxy: &Proxy,
+    dest: &Dest,
+    out: &Outgoing,
+    e: &(dyn std::error::Error + 'static),
+) -> Refusal {
+    if let Some(i) = *out.report.refused.lock().unwrap() {
+        return token_refusal(&proxy.table, dest, i);
+    }
+    if let Some(p) = find_cause::<PrivateAddress>(e) {
+        return Refusal::denied(StatusCode::FORBIDDEN, &dest.host, p.0.clone());
+    }
+    Refusal::upstream(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream {}: {}", dest.host, error_chain(e)),
+    )
+}
+
+/// The answer when the upstream did not start its response within the response timeout.
+pub(super) fn too_slow(dest: &Dest) -> Refusal {
+    Refusal::upstream(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("{} did not answer in time", dest.host),
+    )
+}
+
 /// The response: headers scrubbed, the body decoded and scrubbed (whole when its length is
 /// modest, else streamed), and the audit line written once the body has passed.
-async fn respond(
+pub(super) async fn respond(
     proxy: &Arc<Proxy>,
     dest: Dest,
     asked: Asked,
     out: Outgoing,
-    resp: Response<Incoming>,
+    resp: Response<Body>,
 ) -> Result<Response<Body>, Refusal> {
     let (mut rparts, rbody) = resp.into_parts();
     // Idle, not total: a long answer may take as long as it needs while bytes keep coming.
-    let rbody = super::body::Idle::wrap(incoming(rbody), proxy.response_timeout);
+    let rbody = super::body::Idle::wrap(rbody, proxy.response_timeout);
     scrub_headers(&proxy.table, &mut rparts.headers);
     rparts.version = Version::HTTP_11;
     let codings = response_codings(&rparts.headers, &dest)?;
@@ -243,7 +285,8 @@ async fn respond(
                     format!("reading response from {}: {e}", dest.host),
                 )
             })?;
-        let data = if json_body {
+        // Unescaping is needed only where there is an escape.
+        let data = if json_body && memchr::memchr(b'\\', &data).is_some() {
             let mut out = Vec::with_capacity(data.len());
             JsonUnescape::default().push(&data, true, &mut out);
             Bytes::from(out)

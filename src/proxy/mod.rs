@@ -7,6 +7,7 @@ pub mod ca;
 pub mod certdir;
 pub mod decide;
 pub mod dns;
+mod express;
 pub mod h2serve;
 pub mod intercept;
 pub mod lane;
@@ -280,7 +281,7 @@ pub async fn serve_intercepted<IO>(
     dest: Dest,
     misdirected: Option<String>,
     tls: tokio_rustls::server::TlsStream<IO>,
-    mut drain: Drain,
+    drain: Drain,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -292,7 +293,25 @@ pub async fn serve_intercepted<IO>(
         h2serve::serve(tls, handler).await;
         return;
     }
-    let io = TokioIo::new(tls);
+    if misdirected.is_none() {
+        express::serve(proxy, dest, tls, drain).await;
+    } else {
+        serve_h1(proxy, dest, misdirected, tls, drain).await;
+    }
+}
+
+/// Serves HTTP/1.1 with hyper on an intercepted connection, with its own upstream lane driven
+/// in this task: the general path, for whatever the express path does not carry.
+async fn serve_h1<C>(
+    proxy: Arc<Proxy>,
+    dest: Dest,
+    misdirected: Option<String>,
+    client: C,
+    mut drain: Drain,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(client);
     let (lane, mut conns) = lane::Lane::new();
     let svc = service_fn(move |req: Request<Incoming>| {
         let fut = intercept::forward(

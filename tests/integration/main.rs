@@ -26,3 +26,4 @@ mod tools;
 mod upstream;
 mod util;
 mod vault;
+mod wire;

@@ -92,7 +92,14 @@ fn tls_config() -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
-pub fn start() -> Upstream {
+/// A runtime for a test server, a listener on a loopback port, that port, and a TLS acceptor
+/// with the test CA's server certificate.
+pub fn tls_listener() -> (
+    tokio::runtime::Runtime,
+    tokio::net::TcpListener,
+    u16,
+    tokio_rustls::TlsAcceptor,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,8 +109,17 @@ pub fn start() -> Upstream {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
+    (
+        rt,
+        listener,
+        port,
+        tokio_rustls::TlsAcceptor::from(tls_config()),
+    )
+}
+
+pub fn start() -> Upstream {
+    let (rt, listener, port, acceptor) = tls_listener();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config());
     let seen2 = seen.clone();
     rt.spawn(async move {
         loop {

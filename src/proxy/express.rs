@@ -1,0 +1,1037 @@
+//! The express HTTP/1.1 path of an intercepted TLS connection. kz reads each request head
+//! itself, puts the request through the same checks and swaps as every other door
+//! (`intercept::prepare`), writes it on the connection's own upstream connection, and puts the
+//! answer through the same scrubbing (`intercept::respond`), all in this one task: no
+//! connection state machine per side, no channel between tasks, no timer armed per request.
+//!
+//! What it does not carry itself (upgrades, `Expect`, chunked or large request bodies, HTTP/1.0,
+//! `Connection: close`, a head it cannot parse) hands the connection, with the bytes already
+//! read, to the general path (hyper) for the rest of its life, which answers as before.
+//!
+//! Longer than 400 lines because it is one codec, both directions: what the request parser
+//! sends to the general path and what the response parser and body framing accept must be
+//! read side by side.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::{empty, full};
+use super::decide::{authority, hop_by_hop};
+use super::intercept::{prepare, respond, send_failure, too_slow, Prepared};
+use super::outgoing::Outgoing;
+use super::upstream::{Body, BoxError, PolledFrame};
+use super::{Dest, Proxy};
+use crate::serve::Drain;
+
+/// A request head longer than this goes to the general path (which answers 431 past its own
+/// limit); a response head longer than this is a 502.
+const MAX_HEAD: usize = 64 << 10;
+/// Request bodies up to this size are read whole before the request is checked; larger ones go
+/// to the general path, which streams them.
+const MAX_BODY: usize = 64 << 10;
+/// Headers per head, as the general path allows.
+const MAX_HEADERS: usize = 100;
+/// How long a client may take to send its next request head (the general path's limit).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes a chunk-size line or the trailers may take.
+const MAX_CHUNK_LINE: usize = 4 << 10;
+const MAX_TRAILERS: usize = 16 << 10;
+
+/// Serves HTTP/1.1 requests on `client` until it closes, the listener drains, or a request
+/// needs the general path (which then serves the rest of the connection).
+pub(super) async fn serve<C>(proxy: Arc<Proxy>, dest: Dest, client: C, drain: Drain)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn {
+        client,
+        buf: BytesMut::with_capacity(8 << 10),
+        out: Vec::new(),
+        upstream: None,
+        returned: Arc::new(Mutex::new(None)),
+    };
+    let mut watch = drain.clone();
+    let drained = watch.requested();
+    tokio::pin!(drained);
+    let mut head_deadline = Deadline::new();
+    let mut answer_deadline = Deadline::new();
+    loop {
+        head_deadline.set(Instant::now() + HEAD_TIMEOUT);
+        let next = tokio::select! {
+            biased;
+            _ = &mut drained => return,
+            next = conn.next_request() => next,
+            _ = head_deadline.expired() => return,
+        };
+        let (req, head_only) = match next {
+            Next::Closed => return,
+            Next::General => {
+                let prefix = conn.buf.split().freeze();
+                let client = Rewind {
+                    prefix,
+                    inner: conn.client,
+                };
+                super::serve_h1(proxy, dest, None, client, drain).await;
+                return;
+            }
+            Next::Request(req) => {
+                let head_only = req.method() == Method::HEAD;
+                (req, head_only)
+            }
+        };
+        let resp = match conn
+            .exchange(&proxy, &dest, req, &mut answer_deadline)
+            .await
+        {
+            Ok(r) => r,
+            Err(refusal) => proxy.answer(refusal),
+        };
+        if conn.write_response(resp, head_only).await.is_err() {
+            return;
+        }
+        // The upstream connection comes back once its response body has been read to the end.
+        if conn.upstream.is_none() {
+            conn.upstream = conn.returned.lock().unwrap().take();
+        }
+    }
+}
+
+// Moved once per request; boxing the request would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Request(Request<Body>),
+    /// The client closed, or sent something that ends the connection.
+    Closed,
+    /// A request the general path must serve.
+    General,
+}
+
+/// One intercepted client connection and its upstream connection.
+struct Conn<C> {
+    client: C,
+    /// Bytes read from the client and not yet used.
+    buf: BytesMut,
+    /// What is written next, to the upstream or the client.
+    out: Vec<u8>,
+    upstream: Option<Upstream>,
+    /// Where a response body puts the upstream connection back once it has been read whole.
+    returned: Arc<Mutex<Option<Upstream>>>,
+}
+
+struct Upstream {
+    io: tokio_rustls::client::TlsStream<TcpStream>,
+    buf: BytesMut,
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
+    /// Reads the next request head, and its body when it has a modest `Content-Length`.
+    async fn next_request(&mut self) -> Next {
+        let (req, head_len, body_len) = loop {
+            if !self.buf.is_empty() {
+                match parse_request(&self.buf) {
+                    Parsed::Complete(req, head_len, body_len) => break (req, head_len, body_len),
+                    Parsed::General => return Next::General,
+                    Parsed::Partial if self.buf.len() > MAX_HEAD => return Next::General,
+                    Parsed::Partial => {}
+                }
+            }
+            match self.client.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        };
+        while self.buf.len() < head_len + body_len {
+            self.buf.reserve(head_len + body_len - self.buf.len());
+            match self.client.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        }
+        self.buf.advance(head_len);
+        let body = self.buf.split_to(body_len).freeze();
+        let body = if body.is_empty() { empty() } else { full(body) };
+        Next::Request(req.map(|()| body))
+    }
+
+    /// Checks and swaps the request, sends it upstream and scrubs the answer: the same
+    /// decisions as the general path.
+    async fn exchange(
+        &mut self,
+        proxy: &Arc<Proxy>,
+        dest: &Dest,
+        req: Request<Body>,
+        deadline: &mut Deadline,
+    ) -> Result<Response<Body>, super::refusal::Refusal> {
+        let start = Instant::now();
+        let (parts, body) = req.into_parts();
+        let (mut out, asked) = match prepare(proxy, dest, None, &parts, body, false, start).await? {
+            Prepared::Send(out, asked) => (out, asked),
+            Prepared::Upgrade(_) => unreachable!("upgrades take the general path"),
+        };
+        if let Err(e) = self.encode_request(dest, &asked.method, &mut out).await {
+            return Err(send_failure(proxy, dest, &out, &*e));
+        }
+        deadline.set(Instant::now() + proxy.response_timeout);
+        let sent = tokio::select! {
+            biased;
+            r = self.send(proxy, dest, &asked.method) => r,
+            _ = deadline.expired() => return Err(too_slow(dest)),
+        };
+        match sent {
+            Ok(resp) => respond(proxy, dest.clone(), asked, out, resp).await,
+            Err(e) => Err(send_failure(proxy, dest, &out, &*e)),
+        }
+    }
+
+    /// Writes the request line, headers and whole body into `out`.
+    async fn encode_request(
+        &mut self,
+        dest: &Dest,
+        method: &Method,
+        out: &mut Outgoing,
+    ) -> Result<(), BoxError> {
+        let buf = &mut self.out;
+        buf.clear();
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(out.path_and_query.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        buf.extend_from_slice(authority(dest).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        put_headers(buf, &out.headers);
+        let body = std::mem::replace(&mut out.body, empty());
+        if out.headers.contains_key(CONTENT_LENGTH) {
+            buf.extend_from_slice(b"\r\n");
+            let data = body.collect().await?.to_bytes();
+            buf.extend_from_slice(&data);
+        } else if body.is_end_stream() {
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                buf.extend_from_slice(b"content-length: 0\r\n");
+            }
+            buf.extend_from_slice(b"\r\n");
+        } else {
+            buf.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            let data = body.collect().await?.to_bytes();
+            if !data.is_empty() {
+                buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                buf.extend_from_slice(&data);
+                buf.extend_from_slice(b"\r\n");
+            }
+            buf.extend_from_slice(b"0\r\n\r\n");
+        }
+        Ok(())
+    }
+
+    /// Writes the encoded request on the upstream connection (a fresh one when there is none or
+    /// the kept one has closed) and reads the response head. A kept connection that fails
+    /// before any answer is replaced once, for a request that is safe to repeat.
+    async fn send(
+        &mut self,
+        proxy: &Proxy,
+        dest: &Dest,
+        method: &Method,
+    ) -> Result<Response<Body>, BoxError> {
+        let mut kept = self.upstream.take();
+        if let Some(u) = &mut kept {
+            if !u.still_open().await {
+                kept = None;
+            }
+        }
+        let retry = kept.is_some() && method.is_idempotent();
+        let mut up = match kept {
+            Some(u) => u,
+            None => Upstream::open(proxy, dest).await?,
+        };
+        let head = match up.exchange(&self.out, method).await {
+            Ok(head) => head,
+            Err(Failed::BeforeAnswer(_)) if retry => {
+                up = Upstream::open(proxy, dest).await?;
+                up.exchange(&self.out, method)
+                    .await
+                    .map_err(Failed::into_error)?
+            }
+            Err(e) => return Err(e.into_error()),
+        };
+        let (resp, framing, reusable) = head;
+        let (parts, ()) = resp.into_parts();
+        let body = match framing {
+            None => {
+                if reusable {
+                    self.upstream = Some(up);
+                }
+                empty()
+            }
+            Some(framing) => Framed {
+                up: Some(up),
+                framing,
+                reusable,
+                returned: self.returned.clone(),
+            }
+            .boxed(),
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Writes the response: its head and as much of its body as is ready in one write, the
+    /// rest as it comes (each write as soon as the body has nothing more ready).
+    async fn write_response(
+        &mut self,
+        resp: Response<Body>,
+        head_only: bool,
+    ) -> Result<(), BoxError> {
+        let (parts, mut body) = resp.into_parts();
+        let no_body = head_only
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let buf = &mut self.out;
+        buf.clear();
+        buf.extend_from_slice(b"HTTP/1.1 ");
+        buf.extend_from_slice(parts.status.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        );
+        buf.extend_from_slice(b"\r\n");
+        put_headers(buf, &parts.headers);
+        let chunked = !no_body && !parts.headers.contains_key(CONTENT_LENGTH);
+        if chunked {
+            buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+        if no_body {
+            return write_all(&mut self.client, buf).await;
+        }
+        loop {
+            let frame = match ready_now(&mut body).await {
+                Some(frame) => frame,
+                None => {
+                    // Nothing more ready: send what there is before waiting.
+                    write_all(&mut self.client, buf).await?;
+                    buf.clear();
+                    body.frame().await
+                }
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        buf.extend_from_slice(&data);
+                        buf.extend_from_slice(b"\r\n");
+                    } else {
+                        buf.extend_from_slice(&data);
+                    }
+                    if buf.len() >= 64 << 10 {
+                        write_all(&mut self.client, buf).await?;
+                        buf.clear();
+                    }
+                }
+            }
+        }
+        if chunked {
+            buf.extend_from_slice(b"0\r\n\r\n");
+        }
+        write_all(&mut self.client, buf).await
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Result<(), BoxError> {
+    if !buf.is_empty() {
+        w.write_all(buf).await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// The next frame of `body` if it is ready without waiting.
+async fn ready_now(body: &mut Body) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+fn put_headers(buf: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A request, its head's length and its body's.
+    Complete(Request<()>, usize, usize),
+    Partial,
+    General,
+}
+
+/// Parses a request head the express path carries; anything else is for the general path.
+fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::General,
+    };
+    if req.version != Some(1) {
+        return Parsed::General;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::General;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::General;
+    };
+    if method == Method::CONNECT {
+        return Parsed::General;
+    }
+    let Ok(uri) = path.parse::<hyper::Uri>() else {
+        return Parsed::General;
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    let mut body_len: Option<usize> = None;
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::General;
+        };
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Parsed::General;
+        };
+        match name.as_str() {
+            "upgrade" | "expect" | "transfer-encoding" | "te" => return Parsed::General,
+            "connection" if !only_keep_alive(h.value) => return Parsed::General,
+            "content-length" => {
+                let len = match std::str::from_utf8(h.value) {
+                    Ok(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                        v.parse::<usize>().ok()
+                    }
+                    _ => None,
+                };
+                match (len, body_len) {
+                    (Some(l), None) if l <= MAX_BODY => body_len = Some(l),
+                    _ => return Parsed::General,
+                }
+            }
+            _ => {}
+        }
+        map.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Parsed::Complete(request, head_len, body_len.unwrap_or(0))
+}
+
+/// `Connection` options other than `keep-alive` (`close`, `upgrade`, header names) are for
+/// the general path.
+fn only_keep_alive(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .all(|t| t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
+/// How a response body ends.
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// At the upstream's close.
+    Close,
+}
+
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+/// Why an exchange on an upstream connection failed.
+enum Failed {
+    /// Nothing of an answer arrived (a kept connection the upstream had closed).
+    BeforeAnswer(BoxError),
+    After(BoxError),
+}
+
+impl Failed {
+    fn into_error(self) -> BoxError {
+        match self {
+            Failed::BeforeAnswer(e) | Failed::After(e) => e,
+        }
+    }
+}
+
+type Head = (Response<()>, Option<Framing>, bool);
+
+impl Upstream {
+    async fn open(proxy: &Proxy, dest: &Dest) -> Result<Upstream, BoxError> {
+        let io = proxy.upstream.connect_tls_h1(&dest.host, dest.port).await?;
+        Ok(Upstream {
+            io,
+            buf: BytesMut::with_capacity(8 << 10),
+        })
+    }
+
+    /// A kept connection is reused only when the upstream has neither closed it nor sent
+    /// anything unasked.
+    async fn still_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut scratch = [0u8; 1];
+        std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut scratch);
+            Poll::Ready(Pin::new(&mut self.io).poll_read(cx, &mut rb).is_pending())
+        })
+        .await
+    }
+
+    /// Writes `request` and reads the response head, skipping interim (1xx) answers.
+    async fn exchange(&mut self, request: &[u8], method: &Method) -> Result<Head, Failed> {
+        let written = async {
+            self.io.write_all(request).await?;
+            self.io.flush().await
+        };
+        written
+            .await
+            .map_err(|e| Failed::BeforeAnswer(Box::new(e)))?;
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                match parse_response(&self.buf, method).map_err(Failed::After)? {
+                    Some((len, head)) => {
+                        self.buf.advance(len);
+                        match head {
+                            Some(head) => return Ok(head),
+                            None => continue,
+                        }
+                    }
+                    None if self.buf.len() > MAX_HEAD => {
+                        return Err(Failed::After("response head too large".into()))
+                    }
+                    None => {}
+                }
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if !answered => return Err(Failed::BeforeAnswer("connection closed".into())),
+                Ok(0) => return Err(Failed::After("connection closed mid-answer".into())),
+                Ok(_) => {}
+                Err(e) if !answered => return Err(Failed::BeforeAnswer(Box::new(e))),
+                Err(e) => return Err(Failed::After(Box::new(e))),
+            }
+        }
+    }
+}
+
+/// Parses a response head: `None` while incomplete; `Some((len, None))` for an interim (1xx)
+/// answer, which is dropped; else the response, how its body ends (`None`: no body) and
+/// whether the connection may carry another request.
+fn parse_response(buf: &[u8], method: &Method) -> Result<Option<(usize, Option<Head>)>, BoxError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or(0))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("the upstream switched protocols unasked".into());
+    }
+    if status.is_informational() {
+        return Ok(Some((len, None)));
+    }
+    let mut map = HeaderMap::with_capacity(resp.headers.len());
+    let mut reusable = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut coded = false;
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())?;
+        let value = HeaderValue::from_bytes(h.value)?;
+        if name == CONNECTION
+            && value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            reusable = false;
+        } else if name == CONTENT_LENGTH {
+            let l: u64 = std::str::from_utf8(h.value)?.trim().parse()?;
+            if length.is_some_and(|prev| prev != l) {
+                return Err("the upstream sent two different content lengths".into());
+            }
+            length = Some(l);
+        } else if name == hyper::header::TRANSFER_ENCODING {
+            coded = true;
+            chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+        // Hop-by-hop headers are this connection's, never passed on (so `respond` has nothing
+        // to drop).
+        if !hop_by_hop(&name) {
+            map.append(name, value);
+        }
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = map;
+    let framing = if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        None
+    } else if coded {
+        // Transfer-Encoding wins over Content-Length (RFC 9112, 6.3).
+        if chunked {
+            Some(Framing::Chunked(Chunk::Size))
+        } else {
+            reusable = false;
+            Some(Framing::Close)
+        }
+    } else if let Some(l) = length {
+        Some(Framing::Length(l))
+    } else {
+        reusable = false;
+        Some(Framing::Close)
+    };
+    Ok(Some((len, Some((response, framing, reusable)))))
+}
+
+/// A response body read from the upstream connection it owns; the connection goes back to
+/// the client connection when the body has been read to its end.
+struct Framed {
+    up: Option<Upstream>,
+    framing: Framing,
+    reusable: bool,
+    returned: Arc<Mutex<Option<Upstream>>>,
+}
+
+impl Framed {
+    fn finish(&mut self) -> PolledFrame {
+        if let Some(up) = self.up.take() {
+            if self.reusable && up.buf.is_empty() && !matches!(self.framing, Framing::Close) {
+                *self.returned.lock().unwrap() = Some(up);
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    /// The next frame from what is buffered: `None` when more bytes are needed.
+    fn next_buffered(&mut self) -> Option<PolledFrame> {
+        let up = self.up.as_mut()?;
+        match next_piece(&mut up.buf, &mut self.framing) {
+            Piece::More => None,
+            Piece::Data(bytes) => Some(Poll::Ready(Some(Ok(Frame::data(bytes))))),
+            Piece::End => Some(self.finish()),
+            Piece::Bad(why) => {
+                self.up = None;
+                Some(Poll::Ready(Some(Err(why.into()))))
+            }
+        }
+    }
+}
+
+/// What the bytes buffered so far yield of a response body.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Data(Bytes),
+    End,
+    /// More bytes are needed.
+    More,
+    Bad(&'static str),
+}
+
+/// Takes the next piece of a body framed by `framing` from `buf`.
+fn next_piece(buf: &mut BytesMut, framing: &mut Framing) -> Piece {
+    loop {
+        match framing {
+            Framing::Length(0) => return Piece::End,
+            Framing::Length(n) | Framing::Chunked(Chunk::Data(n)) => {
+                if buf.is_empty() {
+                    return Piece::More;
+                }
+                let take = (*n).min(buf.len() as u64) as usize;
+                *n -= take as u64;
+                if let Framing::Chunked(state @ Chunk::Data(0)) = framing {
+                    *state = Chunk::DataEnd;
+                }
+                return Piece::Data(buf.split_to(take).freeze());
+            }
+            Framing::Close => {
+                if buf.is_empty() {
+                    return Piece::More;
+                }
+                return Piece::Data(buf.split().freeze());
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                    return more_unless(buf.len() > MAX_CHUNK_LINE, "chunk size line too long");
+                };
+                let digits = buf[..end]
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.len() <= 15)
+                    .and_then(|d| u64::from_str_radix(d, 16).ok());
+                let Some(size) = size else {
+                    return Piece::Bad("bad chunk size");
+                };
+                buf.advance(end + 2);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Piece::More;
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Piece::Bad("bad chunk end");
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                    return more_unless(*seen + buf.len() > MAX_TRAILERS, "trailers too long");
+                };
+                buf.advance(end + 2);
+                if end == 0 {
+                    *framing = Framing::Length(0);
+                    return Piece::End;
+                }
+                *seen += end + 2;
+                if *seen > MAX_TRAILERS {
+                    return Piece::Bad("trailers too long");
+                }
+            }
+        }
+    }
+}
+
+fn more_unless(too_long: bool, why: &'static str) -> Piece {
+    if too_long {
+        Piece::Bad(why)
+    } else {
+        Piece::More
+    }
+}
+
+impl hyper::body::Body for Framed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
+        loop {
+            if let Some(polled) = self.next_buffered() {
+                return polled;
+            }
+            let Some(up) = self.up.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if up.buf.capacity() - up.buf.len() < 4 << 10 {
+                up.buf.reserve(16 << 10);
+            }
+            let read = std::pin::pin!(up.io.read_buf(&mut up.buf));
+            match read.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if matches!(self.framing, Framing::Close) {
+                        return self.finish();
+                    }
+                    self.up = None;
+                    let why = "the upstream closed the connection mid-body";
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.up = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+}
+
+/// A deadline that arms its timer only when the timer fires before the deadline: moving the
+/// deadline later, once per request, costs nothing.
+struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    at: tokio::time::Instant,
+}
+
+impl Deadline {
+    fn new() -> Deadline {
+        let at = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+        }
+    }
+
+    fn set(&mut self, at: Instant) {
+        self.at = at.into();
+        if self.at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(self.at);
+        }
+    }
+
+    async fn expired(&mut self) {
+        loop {
+            (&mut self.sleep).await;
+            if tokio::time::Instant::now() >= self.at {
+                return;
+            }
+            let at = self.at;
+            self.sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// A client connection with bytes already read put back in front.
+struct Rewind<C> {
+    prefix: Bytes,
+    inner: C,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Rewind<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Rewind<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Parsed {
+        parse_request(text.as_bytes())
+    }
+
+    #[test]
+    fn plain_requests_take_the_express_path() {
+        let text = "GET /v1/x?y=1 HTTP/1.1\r\nHost: api.x.com\r\nConnection: keep-alive\r\nAuthorization: Bearer t\r\n\r\n";
+        let Parsed::Complete(req, head, body) = request(text) else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            (req.method(), req.uri().path_and_query().unwrap().as_str()),
+            (&Method::GET, "/v1/x?y=1")
+        );
+        assert_eq!(req.headers()["authorization"], "Bearer t");
+        assert_eq!((head, body), (text.len(), 0));
+        let Parsed::Complete(_, _, body) =
+            request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(body, 5);
+        assert!(matches!(
+            request("GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_general_path() {
+        for text in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert!(matches!(request(text), Parsed::General), "{text:?}");
+        }
+    }
+
+    fn response(text: &str, method: Method) -> Result<Option<(usize, Option<Head>)>, BoxError> {
+        parse_response(text.as_bytes(), &method)
+    }
+
+    fn head(text: &str, method: Method) -> (Response<()>, Option<Framing>, bool) {
+        response(text, method).unwrap().unwrap().1.unwrap()
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (r, f, keep) = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabc",
+            Method::GET,
+        );
+        assert!(matches!(f, Some(Framing::Length(3))) && keep);
+        assert!(!r.headers().contains_key(CONNECTION), "hop-by-hop dropped");
+        let text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(
+            head(text, Method::GET).1,
+            Some(Framing::Chunked(Chunk::Size))
+        ));
+        let (_, f, keep) = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Method::GET,
+        );
+        assert!(matches!(f, Some(Framing::Close)) && !keep);
+        let (_, f, keep) = head("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert!(matches!(f, Some(Framing::Close)) && !keep);
+        let (_, f, keep) = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+            Method::GET,
+        );
+        assert!(matches!(f, Some(Framing::Length(3))) && !keep);
+        let (_, _, keep) = head("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", Method::GET);
+        assert!(!keep);
+        let (r, f, keep) = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::HEAD);
+        assert!(f.is_none() && keep && r.headers()[CONTENT_LENGTH] == "3");
+        assert!(head("HTTP/1.1 204 No Content\r\n\r\n", Method::GET)
+            .1
+            .is_none());
+        assert!(head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            Method::GET
+        )
+        .1
+        .is_none());
+        let early = "HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n";
+        let (len, interim) = response(&format!("{early}HTTP/1.1 200"), Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(interim.is_none() && len == early.len());
+        assert!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 3", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        assert!(response("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET).is_err());
+        assert!(response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
+        assert!(response("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Method::GET).is_err());
+    }
+
+    /// Feeds `wire` one byte at a time and collects what the decoder yields.
+    fn decode(wire: &[u8], mut framing: Framing) -> Result<(Vec<u8>, BytesMut), &'static str> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match next_piece(&mut buf, &mut framing) {
+                Piece::Data(d) => body.extend_from_slice(&d),
+                Piece::End => return Ok((body, buf)),
+                Piece::Bad(why) => return Err(why),
+                Piece::More if fed == wire.len() => return Err("ran out"),
+                Piece::More => {
+                    buf.extend_from_slice(&wire[fed..fed + 1]);
+                    fed += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        let (body, rest) = decode(wire, Framing::Chunked(Chunk::Size)).unwrap();
+        assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
+        assert!(rest.is_empty(), "stops at the end of the body: {rest:?}");
+        assert_eq!(
+            decode(b"zz\r\n", Framing::Chunked(Chunk::Size)),
+            Err("bad chunk size")
+        );
+        assert_eq!(
+            decode(b"2\r\nabXY", Framing::Chunked(Chunk::Size)),
+            Err("bad chunk end")
+        );
+        let endless = vec![b'1'; MAX_CHUNK_LINE + 2];
+        assert_eq!(
+            decode(&endless, Framing::Chunked(Chunk::Size)),
+            Err("chunk size line too long")
+        );
+        let (body, _) = decode(b"abcdef", Framing::Length(4)).unwrap();
+        assert_eq!(body, b"abcd");
+    }
+}
