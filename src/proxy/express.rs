@@ -55,6 +55,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conn = Conn {
+        authority: authority(&dest),
         client,
         buf: BytesMut::with_capacity(8 << 10),
         out: Vec::new(),
@@ -119,6 +120,8 @@ enum Next {
 
 /// One intercepted client connection and its upstream connection.
 struct Conn<C> {
+    /// The `Host` sent upstream.
+    authority: String,
     client: C,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
@@ -179,7 +182,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
             Prepared::Send(out, asked) => (out, asked),
             Prepared::Upgrade(_) => unreachable!("upgrades take the general path"),
         };
-        if let Err(e) = self.encode_request(dest, &asked.method, &mut out).await {
+        if let Err(e) = self.encode_request(&asked.method, &mut out).await {
             return Err(send_failure(proxy, dest, &out, &*e));
         }
         deadline.set(Instant::now() + proxy.response_timeout);
@@ -197,7 +200,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
     /// Writes the request line, headers and whole body into `out`.
     async fn encode_request(
         &mut self,
-        dest: &Dest,
         method: &Method,
         out: &mut Outgoing,
     ) -> Result<(), BoxError> {
@@ -207,7 +209,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
         buf.push(b' ');
         buf.extend_from_slice(out.path_and_query.as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        buf.extend_from_slice(authority(dest).as_bytes());
+        buf.extend_from_slice(self.authority.as_bytes());
         buf.extend_from_slice(b"\r\n");
         put_headers(buf, &out.headers);
         let body = std::mem::replace(&mut out.body, empty());
