@@ -44,6 +44,10 @@ const MAX_BODY: usize = 64 << 10;
 const MAX_HEADERS: usize = 100;
 /// How long a client may take to send its next request head (the general path's limit).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Body data up to this size is copied next to what precedes it, so both go in one write.
+const COALESCE: usize = 16 << 10;
+/// Room kept free for each read, and the buffer size an idle connection keeps.
+const READ_ROOM: usize = 8 << 10;
 /// Bytes a chunk-size line or the trailers may take.
 const MAX_CHUNK_LINE: usize = 4 << 10;
 const MAX_TRAILERS: usize = 16 << 10;
@@ -57,7 +61,7 @@ where
     let mut conn = Conn {
         authority: authority(&dest),
         client,
-        buf: BytesMut::with_capacity(8 << 10),
+        buf: BytesMut::with_capacity(READ_ROOM),
         out: Vec::new(),
         upstream: None,
         returned: Arc::new(Mutex::new(None)),
@@ -105,6 +109,7 @@ where
         if conn.upstream.is_none() {
             conn.upstream = conn.returned.lock().unwrap().take();
         }
+        conn.shrink();
     }
 }
 
@@ -138,6 +143,21 @@ struct Upstream {
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
+    /// Between requests an idle connection keeps small buffers, whatever the last one needed.
+    fn shrink(&mut self) {
+        if self.out.capacity() > 4 * COALESCE {
+            self.out = Vec::new();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 2 * READ_ROOM {
+            self.buf = BytesMut::with_capacity(READ_ROOM);
+        }
+        if let Some(up) = &mut self.upstream {
+            if up.buf.is_empty() && up.buf.capacity() > 2 * READ_ROOM {
+                up.buf = BytesMut::with_capacity(READ_ROOM);
+            }
+        }
+    }
+
     /// Reads the next request head, and its body when it has a modest `Content-Length`.
     async fn next_request(&mut self) -> Next {
         let (req, head_len, body_len) = loop {
@@ -149,6 +169,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
                     Parsed::Partial => {}
                 }
             }
+            room(&mut self.buf);
             match self.client.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Next::Closed,
                 Ok(_) => {}
@@ -341,12 +362,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
                     }
                     if chunked {
                         buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        buf.extend_from_slice(&data);
-                        buf.extend_from_slice(b"\r\n");
+                    }
+                    if data.len() > COALESCE {
+                        // Large data is written as it is, not copied.
+                        write_all(&mut self.client, buf).await?;
+                        buf.clear();
+                        write_all(&mut self.client, &data).await?;
                     } else {
                         buf.extend_from_slice(&data);
                     }
-                    if buf.len() >= 64 << 10 {
+                    if chunked {
+                        buf.extend_from_slice(b"\r\n");
+                    }
+                    if buf.len() >= COALESCE {
                         write_all(&mut self.client, buf).await?;
                         buf.clear();
                     }
@@ -357,6 +385,14 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
             buf.extend_from_slice(b"0\r\n\r\n");
         }
         write_all(&mut self.client, buf).await
+    }
+}
+
+/// Keeps room for a full read (`read_buf` alone would read 64 bytes at a time into a full
+/// buffer).
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM / 2 {
+        buf.reserve(READ_ROOM);
     }
 }
 
@@ -502,7 +538,7 @@ impl Upstream {
         let io = proxy.upstream.connect_tls_h1(&dest.host, dest.port).await?;
         Ok(Upstream {
             io,
-            buf: BytesMut::with_capacity(8 << 10),
+            buf: BytesMut::with_capacity(READ_ROOM),
         })
     }
 
@@ -772,9 +808,7 @@ impl hyper::body::Body for Framed {
             let Some(up) = self.up.as_mut() else {
                 return Poll::Ready(None);
             };
-            if up.buf.capacity() - up.buf.len() < 4 << 10 {
-                up.buf.reserve(16 << 10);
-            }
+            room(&mut up.buf);
             let read = std::pin::pin!(up.io.read_buf(&mut up.buf));
             match read.poll(cx) {
                 Poll::Pending => return Poll::Pending,

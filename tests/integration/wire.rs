@@ -111,6 +111,9 @@ fn start_origin() -> Origin {
                             true,
                         ),
                         "/drop" => (ok(facts), true),
+                        // Past the coalescing size, and past the size scrubbed whole.
+                        "/large" => (ok(format!("{}{REAL_GH} {facts}", "z".repeat(300_000))), false),
+                        "/huge" => (ok(format!("{}{REAL_GH} {facts}", "z".repeat(1_500_000))), false),
                         p if p.starts_with("HEAD ") => (
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", facts.len()),
                             false,
@@ -212,6 +215,10 @@ c.send(get("/early")); out["early"] = c.response()
 c.send(get("/a", "HEAD")); out["head"] = c.response(head=True)
 c.send(get("/close")); out["close"] = c.response()
 c.send(get("/after-close")); out["after_close"] = c.response()
+for big in ("large", "huge"):
+    c.send(get("/" + big)); r = c.response()
+    r["length"], r["body"] = len(r["body"]), r["body"][-120:]
+    out[big] = r
 c.send(get("/drop")); out["drop"] = c.response()
 time.sleep(0.5)
 c.send(get("/after-drop")); out["after_drop"] = c.response()
@@ -312,6 +319,19 @@ allow_private = true
         "{}",
         body("after_close")
     );
+    // Large bodies: written without copying (kept length), and streamed (chunked), scrubbed.
+    for (k, zs) in [("large", 300_000), ("huge", 1_500_000)] {
+        assert_eq!(v[k]["status"], 200, "{k}");
+        let want = zs + tok.len() + 1 + "conn=1 auth_real=true body_real=false".len();
+        assert_eq!(v[k]["length"], want, "{k}");
+        assert!(
+            body(k).contains(&format!("z{tok} conn=1")),
+            "{k}: {}",
+            body(k)
+        );
+    }
+    assert!(v["large"]["headers"]["content-length"].is_string());
+    assert_eq!(v["huge"]["headers"]["transfer-encoding"], "chunked");
     // A kept connection the origin dropped is replaced without the client noticing.
     assert!(
         body("after_drop").contains("conn=2 auth_real=true"),
