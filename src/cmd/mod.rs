@@ -139,14 +139,35 @@ pub fn protect_self() -> Result<(), Failure> {
     Ok(())
 }
 
+/// `KZ_WORKER_THREADS`, when set to a number.
+fn worker_threads() -> Option<usize> {
+    std::env::var("KZ_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// The runtime of the servers (`kz server`, `kz sidecar`, `kz mcp`): two worker threads, or
+/// `KZ_WORKER_THREADS`.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("KZ_WORKER_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+    build_runtime(Some(worker_threads().unwrap_or(2)))
+}
+
+/// The runtime of `kz run`, which serves one agent: one thread (its proxy costs less per
+/// request without a work-stealing scheduler), or `KZ_WORKER_THREADS` worker threads.
+pub fn agent_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    build_runtime(worker_threads())
+}
+
+fn build_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = match workers {
+        Some(n) if n > 0 => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| Failure::new(EXIT_KZ, format!("cannot start runtime: {e}")))

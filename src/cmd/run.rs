@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    load_config, open_audit, process_env, resolve_config, runtime, CommandResult, Failure, EXIT_KZ,
+    agent_runtime, load_config, open_audit, process_env, resolve_config, CommandResult, Failure,
+    EXIT_KZ,
 };
 use crate::child::{self, ChildSpec, Limits};
 use crate::cli::RunArgs;
@@ -118,7 +119,7 @@ pub fn run(args: RunArgs) -> CommandResult {
         );
     }
     let audit = open_audit(&cfg, args.audit.as_deref())?;
-    let rt = runtime()?;
+    let rt = agent_runtime()?;
     let results = rt.block_on(resolve_config(&cfg, env.clone(), &audit));
     let errors: Vec<String> = results.iter().filter_map(|r| r.error_line()).collect();
     if !errors.is_empty() {
