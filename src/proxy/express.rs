@@ -90,6 +90,11 @@ where
                 super::serve_h1(proxy, dest, None, client, drain).await;
                 return;
             }
+            Next::BadTarget => {
+                let resp = proxy.answer(super::refusal::Refusal::bad_request("bad request target"));
+                let _ = conn.write_response(resp, false).await;
+                return;
+            }
             Next::Request(req) => {
                 let head_only = req.method() == Method::HEAD;
                 (req, head_only)
@@ -121,6 +126,8 @@ enum Next {
     Closed,
     /// A request the general path must serve.
     General,
+    /// A request target kz cannot parse: answered 400, and the connection closed.
+    BadTarget,
 }
 
 /// One intercepted client connection and its upstream connection.
@@ -160,10 +167,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
 
     /// Reads the next request head, and its body when it has a modest `Content-Length`.
     async fn next_request(&mut self) -> Next {
-        let (req, head_len, body_len) = loop {
+        let (head_len, body_len) = loop {
             if !self.buf.is_empty() {
                 match parse_request(&self.buf) {
-                    Parsed::Complete(req, head_len, body_len) => break (req, head_len, body_len),
+                    Parsed::Complete(head_len, body_len) => break (head_len, body_len),
                     Parsed::General => return Next::General,
                     Parsed::Partial if self.buf.len() > MAX_HEAD => return Next::General,
                     Parsed::Partial => {}
@@ -182,9 +189,14 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
                 Ok(_) => {}
             }
         }
-        self.buf.advance(head_len);
-        let body = self.buf.split_to(body_len).freeze();
-        let body = if body.is_empty() { empty() } else { full(body) };
+        let head = self.buf.split_to(head_len).freeze();
+        let Some(req) = build_request(&head) else {
+            return Next::BadTarget;
+        };
+        let body = match body_len {
+            0 => empty(),
+            n => full(self.buf.split_to(n).freeze()),
+        };
         Next::Request(req.map(|()| body))
     }
 
@@ -206,7 +218,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
         if let Err(e) = self.encode_request(&asked.method, &mut out).await {
             return Err(send_failure(proxy, dest, &out, &*e));
         }
-        deadline.set(Instant::now() + proxy.response_timeout);
+        deadline.set(start + proxy.response_timeout);
         let sent = tokio::select! {
             biased;
             r = self.send(proxy, dest, &asked.method) => r,
@@ -426,13 +438,14 @@ fn put_headers(buf: &mut Vec<u8>, headers: &HeaderMap) {
 
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    /// A request, its head's length and its body's.
-    Complete(Request<()>, usize, usize),
+    /// A request head the express path carries: its length and its body's.
+    Complete(usize, usize),
     Partial,
     General,
 }
 
-/// Parses a request head the express path carries; anything else is for the general path.
+/// Whether `buf` starts with a request head the express path carries; anything else is for
+/// the general path. Nothing is built: `build_request` does that from the head's own bytes.
 fn parse_request(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -441,47 +454,55 @@ fn parse_request(buf: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::General,
     };
-    if req.version != Some(1) {
+    if req.version != Some(1) || matches!(req.method, None | Some("CONNECT")) {
         return Parsed::General;
     }
-    let (Some(method), Some(path)) = (req.method, req.path) else {
-        return Parsed::General;
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::General;
-    };
-    if method == Method::CONNECT {
-        return Parsed::General;
-    }
-    let Ok(uri) = path.parse::<hyper::Uri>() else {
-        return Parsed::General;
-    };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut body_len: Option<usize> = None;
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+        let name = h.name.as_bytes();
+        // What a header value may hold (the `http` crate's rule); httparse lets DEL through.
+        if !h
+            .value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        {
             return Parsed::General;
-        };
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::General;
-        };
-        match name.as_str() {
-            "upgrade" | "expect" | "transfer-encoding" | "te" => return Parsed::General,
-            "connection" if !only_keep_alive(h.value) => return Parsed::General,
-            "content-length" => {
-                let len = match std::str::from_utf8(h.value) {
-                    Ok(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                        v.parse::<usize>().ok()
-                    }
-                    _ => None,
-                };
-                match (len, body_len) {
-                    (Some(l), None) if l <= MAX_BODY => body_len = Some(l),
-                    _ => return Parsed::General,
-                }
-            }
-            _ => {}
         }
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("upgrade") || is("expect") || is("transfer-encoding") || is("te") {
+            return Parsed::General;
+        }
+        if is("connection") && !only_keep_alive(h.value) {
+            return Parsed::General;
+        }
+        if is("content-length") {
+            let len = match std::str::from_utf8(h.value) {
+                Ok(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                    v.parse::<usize>().ok()
+                }
+                _ => None,
+            };
+            match (len, body_len) {
+                (Some(l), None) if l <= MAX_BODY => body_len = Some(l),
+                _ => return Parsed::General,
+            }
+        }
+    }
+    Parsed::Complete(head_len, body_len.unwrap_or(0))
+}
+
+/// The request in `head` (a head `parse_request` passed), its header values and target
+/// sharing `head`'s bytes rather than copies; `None` for a target kz cannot parse.
+fn build_request(head: &Bytes) -> Option<Request<()>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let uri = hyper::Uri::from_maybe_shared(head.slice_ref(req.path?.as_bytes())).ok()?;
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
         map.append(name, value);
     }
     let mut request = Request::new(());
@@ -489,7 +510,7 @@ fn parse_request(buf: &[u8]) -> Parsed {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
-    Parsed::Complete(request, head_len, body_len.unwrap_or(0))
+    Some(request)
 }
 
 /// `Connection` options other than `keep-alive` (`close`, `upgrade`, header names) are for
@@ -569,10 +590,10 @@ impl Upstream {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                match parse_response(&self.buf, method).map_err(Failed::After)? {
-                    Some((len, head)) => {
-                        self.buf.advance(len);
-                        match head {
+                match head_length(&self.buf).map_err(Failed::After)? {
+                    Some(len) => {
+                        let head = self.buf.split_to(len).freeze();
+                        match parse_response(&head, method).map_err(Failed::After)? {
                             Some(head) => return Ok(head),
                             None => continue,
                         }
@@ -594,22 +615,28 @@ impl Upstream {
     }
 }
 
-/// Parses a response head: `None` while incomplete; `Some((len, None))` for an interim (1xx)
-/// answer, which is dropped; else the response, how its body ends (`None`: no body) and
-/// whether the connection may carry another request.
-fn parse_response(buf: &[u8], method: &Method) -> Result<Option<(usize, Option<Head>)>, BoxError> {
+/// The length of the response head at the start of `buf`; `None` while incomplete.
+fn head_length(buf: &[u8]) -> Result<Option<usize>, BoxError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Response::new(&mut headers).parse(buf)? {
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
+/// Parses a whole response head (its header values share `head`'s bytes): `None` for an
+/// interim (1xx) answer, which is dropped; else the response, how its body ends (`None`: no
+/// body) and whether the connection may carry another request.
+fn parse_response(head: &Bytes, method: &Method) -> Result<Option<Head>, BoxError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
-    };
+    resp.parse(head)?;
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err("the upstream switched protocols unasked".into());
     }
     if status.is_informational() {
-        return Ok(Some((len, None)));
+        return Ok(None);
     }
     let mut map = HeaderMap::with_capacity(resp.headers.len());
     let mut reusable = resp.version == Some(1);
@@ -618,7 +645,7 @@ fn parse_response(buf: &[u8], method: &Method) -> Result<Option<(usize, Option<H
     let mut coded = false;
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())?;
-        let value = HeaderValue::from_bytes(h.value)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))?;
         if name == CONNECTION
             && value
                 .as_bytes()
@@ -668,7 +695,7 @@ fn parse_response(buf: &[u8], method: &Method) -> Result<Option<(usize, Option<H
         reusable = false;
         Some(Framing::Close)
     };
-    Ok(Some((len, Some((response, framing, reusable)))))
+    Ok(Some((response, framing, reusable)))
 }
 
 /// A response body read from the upstream connection it owns; the connection goes back to
@@ -924,16 +951,17 @@ mod tests {
     #[test]
     fn plain_requests_take_the_express_path() {
         let text = "GET /v1/x?y=1 HTTP/1.1\r\nHost: api.x.com\r\nConnection: keep-alive\r\nAuthorization: Bearer t\r\n\r\n";
-        let Parsed::Complete(req, head, body) = request(text) else {
+        let Parsed::Complete(head, body) = request(text) else {
             panic!("not parsed");
         };
+        let req = build_request(&Bytes::copy_from_slice(&text.as_bytes()[..head])).unwrap();
         assert_eq!(
             (req.method(), req.uri().path_and_query().unwrap().as_str()),
             (&Method::GET, "/v1/x?y=1")
         );
         assert_eq!(req.headers()["authorization"], "Bearer t");
         assert_eq!((head, body), (text.len(), 0));
-        let Parsed::Complete(_, _, body) =
+        let Parsed::Complete(_, body) =
             request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         else {
             panic!("not parsed");
@@ -959,13 +987,27 @@ mod tests {
             "CONNECT a:443 HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
             "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
         ] {
             assert!(matches!(request(text), Parsed::General), "{text:?}");
         }
     }
 
+    #[test]
+    fn a_target_kz_cannot_parse_is_not_built() {
+        let text = "GET http://[bad HTTP/1.1\r\nHost: a\r\n\r\n";
+        let Parsed::Complete(head, _) = request(text) else {
+            panic!("httparse takes any visible target");
+        };
+        assert!(build_request(&Bytes::copy_from_slice(&text.as_bytes()[..head])).is_none());
+    }
+
     fn response(text: &str, method: Method) -> Result<Option<(usize, Option<Head>)>, BoxError> {
-        parse_response(text.as_bytes(), &method)
+        let Some(len) = head_length(text.as_bytes())? else {
+            return Ok(None);
+        };
+        let head = Bytes::copy_from_slice(&text.as_bytes()[..len]);
+        Ok(Some((len, parse_response(&head, &method)?)))
     }
 
     fn head(text: &str, method: Method) -> (Response<()>, Option<Framing>, bool) {
