@@ -139,9 +139,11 @@ struct Conn<C> {
     buf: BytesMut,
     /// What is written next, to the upstream or the client.
     out: Vec<u8>,
-    upstream: Option<Upstream>,
+    /// Boxed: a TLS connection is large, and moves between the client connection and a
+    /// response body on every request.
+    upstream: Option<Box<Upstream>>,
     /// Where a response body puts the upstream connection back once it has been read whole.
-    returned: Arc<Mutex<Option<Upstream>>>,
+    returned: Arc<Mutex<Option<Box<Upstream>>>>,
 }
 
 struct Upstream {
@@ -555,12 +557,12 @@ impl Failed {
 type Head = (Response<()>, Option<Framing>, bool);
 
 impl Upstream {
-    async fn open(proxy: &Proxy, dest: &Dest) -> Result<Upstream, BoxError> {
+    async fn open(proxy: &Proxy, dest: &Dest) -> Result<Box<Upstream>, BoxError> {
         let io = proxy.upstream.connect_tls_h1(&dest.host, dest.port).await?;
-        Ok(Upstream {
+        Ok(Box::new(Upstream {
             io,
             buf: BytesMut::with_capacity(READ_ROOM),
-        })
+        }))
     }
 
     /// A kept connection is reused only when the upstream has neither closed it nor sent
@@ -701,10 +703,10 @@ fn parse_response(head: &Bytes, method: &Method) -> Result<Option<Head>, BoxErro
 /// A response body read from the upstream connection it owns; the connection goes back to
 /// the client connection when the body has been read to its end.
 struct Framed {
-    up: Option<Upstream>,
+    up: Option<Box<Upstream>>,
     framing: Framing,
     reusable: bool,
-    returned: Arc<Mutex<Option<Upstream>>>,
+    returned: Arc<Mutex<Option<Box<Upstream>>>>,
 }
 
 impl Framed {
