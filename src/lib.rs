@@ -12,9 +12,9 @@
 //! - `provider`: the `Provider` trait, one module per backend, concurrent resolution.
 //! - `conceal`: the streaming byte replacer and the encoded forms of a value, under both `mask`
 //!   (output masking) and `blind` (tokens, swap and scrub sets).
-//! - `proxy`: the swap engine (`decide` without I/O, `intercept::forward` with it), its
-//!   `Refusal` answers, and its front doors (explicit, transparent); `serve`: the serving
-//!   skeleton every listener uses.
+//! - `proxy`: the swap engine (`decide` without I/O, `intercept::{prepare, respond}` with it;
+//!   `express` carries HTTP/1.1 itself, hyper the rest), its `Refusal` answers, and its front
+//!   doors (explicit, transparent); `serve`: the serving skeleton every listener uses.
 //! - `policy`: the policy server's pure core (globs, CEL, decisions, JWT); `server`: the policy
 //!   decision point (API, engine, metrics, reload, decision log, MCP, injector).
 //! - `child`: spawning the child, forwarding signals; `audit`: JSON-lines audit records;
