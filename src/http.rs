@@ -167,3 +167,19 @@ impl HttpClient {
             .map_err(|_| HttpError::Timeout(timeout))?
     }
 }
+
+/// The decimal digits of `n`, written into `room` (no allocation: content lengths and cache
+/// keys on every request).
+pub fn decimal(n: u64, room: &mut [u8; 20]) -> &[u8] {
+    let mut at = room.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        room[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &room[at..]
+}

@@ -111,8 +111,20 @@ impl JsonUnescape {
 /// Whether a response of this content type is JSON text (or carries JSON, as server-sent events
 /// of LLM APIs do), so that undoing escapes keeps its meaning.
 pub fn is_json_like(content_type: &str) -> bool {
-    let ct = content_type.to_ascii_lowercase();
-    ct.contains("json") || ct.starts_with("text/event-stream")
+    contains_ignore_case(content_type.as_bytes(), b"json")
+        || starts_with_ignore_case(content_type.as_bytes(), b"text/event-stream")
+}
+
+/// Whether `text` holds `needle` (lower case), in any case; no copy made.
+pub fn contains_ignore_case(text: &[u8], needle: &[u8]) -> bool {
+    text.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Whether `text` starts with `prefix`, in any case.
+pub fn starts_with_ignore_case(text: &[u8], prefix: &[u8]) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 #[cfg(test)]

@@ -82,7 +82,8 @@ pub struct TokenTable {
     scrub: Option<Arc<PatternSet>>,
     /// Tokens to `{NAME}`, for audit lines.
     redact: Option<Arc<PatternSet>>,
-    hosts: Mutex<crate::lru::Lru<(String, u16), Arc<HostSwap>>>,
+    /// Keyed by `"<port> <host>"`, the host in lower case.
+    hosts: Mutex<crate::lru::Lru<String, Arc<HostSwap>>>,
     finder: token::Finder,
     current: std::collections::HashSet<String>,
 }
@@ -256,7 +257,14 @@ impl TokenTable {
 
     /// The swap sets for one destination, built once and cached.
     pub fn for_host(&self, host: &str, port: u16) -> Arc<HostSwap> {
-        let key = (host.to_ascii_lowercase(), port);
+        // Looked up without building a key (this runs for every request).
+        let mut room = [0u8; 128];
+        if let Some(key) = host_key(host, port, &mut room) {
+            if let Some(h) = self.hosts.lock().unwrap().get(key) {
+                return h;
+            }
+        }
+        let key = format!("{port} {}", host.to_ascii_lowercase());
         if let Some(h) = self.hosts.lock().unwrap().get(&key) {
             return h;
         }
@@ -314,6 +322,21 @@ impl TokenTable {
     pub fn scrubber(&self) -> Option<&Arc<PatternSet>> {
         self.scrub.as_ref()
     }
+}
+
+/// `"<port> <host>"` written into `room`, when `host` is already in lower case and fits.
+fn host_key<'a>(host: &str, port: u16, room: &'a mut [u8]) -> Option<&'a str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut digits = [0u8; 20];
+    let port = crate::http::decimal(u64::from(port), &mut digits);
+    let len = port.len() + 1 + host.len();
+    let key = room.get_mut(..len)?;
+    key[..port.len()].copy_from_slice(port);
+    key[port.len()] = b' ';
+    key[port.len() + 1..].copy_from_slice(host.as_bytes());
+    std::str::from_utf8(key).ok()
 }
 
 /// The decoded credentials of a `Basic` authorization value, if it is one.

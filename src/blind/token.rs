@@ -72,20 +72,35 @@ fn body_len(prefix: &str, value: &str) -> usize {
         .clamp(least, MAX_BODY)
 }
 
+/// CRC-32 (IEEE), one table lookup per byte.
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
+        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// The CRC-32 of each byte value, worked out bit by bit at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 1 != 0 {
                 (crc >> 1) ^ 0xEDB8_8320
             } else {
                 crc >> 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    !crc
-}
+    table
+};
 
 fn check(head: &[u8]) -> [u8; CHECK_CHARS] {
     let mut n = crc32(head);
@@ -254,6 +269,13 @@ mod tests {
         assert_eq!(per_run("ghp_short").len(), 4 + 28);
         // A prefix alone is not a shape.
         assert_eq!(prefix_for("sk-"), GENERIC_PREFIX);
+    }
+
+    #[test]
+    fn the_check_is_standard_crc32() {
+        // The check value of CRC-32 (IEEE): tokens made by earlier versions stay valid.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
     }
 
     #[test]

@@ -126,23 +126,28 @@ impl fmt::Display for HostPattern {
 
 /// Splits `host:port` / `[v6]:port`, with a default port.
 pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    authority_parts(authority, default_port).map(|(h, p)| (h.to_ascii_lowercase(), p))
+}
+
+/// As `split_authority`, borrowing the host as written (brackets kept, case unchanged).
+pub fn authority_parts(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
-        let host = format!("[{}]", &rest[..end]);
+        let host = &authority[..end + 2];
         match rest[end + 1..].strip_prefix(':') {
             Some(p) => (host, p.parse().ok()?),
             None => (host, default_port),
         }
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().ok()?),
-            None => (authority.to_string(), default_port),
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, default_port),
         }
     };
     if host.is_empty() {
         return None;
     }
-    Some((host.to_ascii_lowercase(), port))
+    Some((host, port))
 }
 
 #[cfg(test)]

@@ -389,16 +389,25 @@ pub fn collect_limited(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, BoxError>> + Send>> {
     Box::pin(async move {
         let mut body = body;
+        // A body that comes in one piece is kept as it came; only a second piece is copied.
+        let mut first = Bytes::new();
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
-                if buf.len() + data.len() > limit {
+                if first.len() + buf.len() + data.len() > limit {
                     return Err(format!("body larger than {limit} bytes").into());
                 }
-                buf.extend_from_slice(&data);
+                if first.is_empty() && buf.is_empty() {
+                    first = data;
+                } else {
+                    if buf.is_empty() {
+                        buf.extend_from_slice(&std::mem::take(&mut first));
+                    }
+                    buf.extend_from_slice(&data);
+                }
             }
         }
-        Ok(buf.freeze())
+        Ok(if buf.is_empty() { first } else { buf.freeze() })
     })
 }
 
@@ -409,7 +418,10 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 }
 
 pub fn empty() -> Body {
-    full(Bytes::new())
+    // Zero-sized: boxing it allocates nothing.
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Bodies buffered whole (to keep an exact `Content-Length`) share this many KiB across all

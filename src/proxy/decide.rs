@@ -14,7 +14,8 @@ use hyper::{Request, StatusCode, Version};
 
 use super::body::{Coding, UnknownCoding, MAX_CODINGS};
 use super::refusal::Refusal;
-use super::{split_authority, Dest};
+use super::Dest;
+use crate::blind::jsonesc::{contains_ignore_case, starts_with_ignore_case};
 use crate::blind::{basic_decoded, swap_basic, HostSwap, TokenTable};
 use crate::conceal::replace::{Forbidden, PatternSet};
 
@@ -98,7 +99,7 @@ pub(super) fn swap_head(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
         .collect();
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         let keep = keep_upgrade && (name == UPGRADE || name == CONNECTION);
         if name == HOST
@@ -204,22 +205,21 @@ pub(super) fn host_agrees(
     headers: &HeaderMap,
     dest: &Dest,
 ) -> Result<(), Refusal> {
-    let claimed = uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
-        headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(String::from)
-    });
-    let Some(claimed) = claimed else {
-        return Ok(());
+    let claimed = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => match headers.get(HOST).and_then(|h| h.to_str().ok()) {
+            Some(h) => h,
+            None => return Ok(()),
+        },
     };
     let has_port = claimed
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
         && !claimed.ends_with(']');
-    match split_authority(&claimed, dest.port) {
+    match crate::config::host::authority_parts(claimed, dest.port) {
         Some((h, p))
-            if h.trim_end_matches('.') == dest.host.trim_end_matches('.')
+            if h.trim_end_matches('.')
+                .eq_ignore_ascii_case(dest.host.trim_end_matches('.'))
                 && (!has_port || p == dest.port) =>
         {
             Ok(())
@@ -261,10 +261,10 @@ pub(super) fn body_patterns<'a>(swap: &'a HostSwap, headers: &HeaderMap) -> &'a 
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_ascii_lowercase();
-    if content_type.contains("json") {
+        .as_bytes();
+    if contains_ignore_case(content_type, b"json") {
         &swap.body_json
-    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+    } else if starts_with_ignore_case(content_type, b"application/x-www-form-urlencoded") {
         &swap.body_form
     } else {
         &swap.body_raw

@@ -102,11 +102,12 @@ pub(super) async fn prepare(
     }
     host_agrees(&parts.uri, &parts.headers, dest)?;
     // IP literals bypass name resolution in the pooled client, so check them here.
-    if dest
-        .host
-        .trim_matches(['[', ']'])
-        .parse::<std::net::IpAddr>()
-        .is_ok()
+    if looks_like_ip(&dest.host)
+        && dest
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
     {
         if let Err(e) = proxy.upstream.resolver.resolve(&dest.host, dest.port).await {
             return Err(Refusal::denied(
@@ -153,6 +154,12 @@ pub(super) async fn prepare(
         start,
     };
     Ok(Prepared::Send(out, asked))
+}
+
+/// Whether `host` could be an IP literal (an IPv6 one has a colon, an IPv4 one only digits
+/// and dots): names skip the parse.
+fn looks_like_ip(host: &str) -> bool {
+    host.contains(':') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// What the audit line says about the request.
@@ -297,9 +304,11 @@ pub(super) async fn respond(
             Some(Ok(Some(v))) => Bytes::from(v),
             _ => data,
         };
-        rparts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        if !length_reads(&rparts.headers, data.len()) {
+            rparts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        }
         audit_line(data.len() as u64);
         full(data)
     } else {
@@ -312,6 +321,15 @@ pub(super) async fn respond(
         t.on_end(Box::new(audit_line)).boxed()
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// Whether `headers` hold one `Content-Length`, written as `len` is (so it need not be set
+/// again).
+fn length_reads(headers: &hyper::HeaderMap, len: usize) -> bool {
+    let mut all = headers.get_all(CONTENT_LENGTH).iter();
+    let mut digits = [0u8; 20];
+    let digits = crate::http::decimal(len as u64, &mut digits);
+    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == digits)
 }
 
 /// The `request` audit line, written with the response's byte count once the body has passed.
