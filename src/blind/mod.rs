@@ -235,18 +235,21 @@ impl TokenTable {
             .collect()
     }
 
-    /// Whether `data` may hold a token (any token prefix): a cheap pre-check.
+    /// Whether `data` (a whole value, not a piece of a stream) may hold a token: long enough
+    /// for one, with a token prefix. A cheap pre-check.
     pub fn may_hold_token(&self, data: &[u8]) -> bool {
-        self.finder.may_hold(data)
+        data.len() >= token::MIN_TOKEN_LEN && self.finder.may_hold(data)
     }
 
     /// Whether `data` holds a token of kz's that is not one of this run's: a token from an
     /// earlier run (or another project), which no upstream could use.
     pub fn has_stale_token(&self, data: &[u8]) -> bool {
-        self.finder
-            .find(data)
-            .into_iter()
-            .any(|r| std::str::from_utf8(&data[r]).map_or(true, |t| !self.current.contains(t)))
+        data.len() >= token::MIN_TOKEN_LEN
+            && self
+                .finder
+                .find(data)
+                .into_iter()
+                .any(|r| std::str::from_utf8(&data[r]).map_or(true, |t| !self.current.contains(t)))
     }
 
     /// Swap sets in which every token is forbidden (for plain HTTP).

@@ -34,6 +34,8 @@ pub struct PatternSet {
     /// inside a wrapped match, which spares the flat scan for most text.
     wrap_bytes: [bool; 256],
     replacements: Vec<Option<Zeroizing<Vec<u8>>>>,
+    /// The length of the shortest pattern: shorter text holds none.
+    min_len: usize,
 }
 
 /// One automaton and what the stream must hold back for it.
@@ -181,7 +183,9 @@ impl PatternSet {
                 wrap_bytes[b as usize] = true;
             }
         }
+        let min_len = all.clone().map(|(p, _)| p.len()).min().unwrap_or(0);
         Some(Arc::new(PatternSet {
+            min_len,
             main,
             wrapped: wrapped_layer,
             wrapped_base,
@@ -200,6 +204,10 @@ impl PatternSet {
 
     /// Non-overlapping matches in `buf`, leftmost first and longest at each start.
     fn hits(&self, buf: &[u8]) -> Vec<Hit> {
+        // Shorter than every pattern (a wrapped match is longer still): nothing to find.
+        if buf.len() < self.min_len {
+            return Vec::new();
+        }
         let mut hits: Vec<Hit> = self
             .main
             .ac
@@ -312,6 +320,9 @@ impl PatternSet {
     /// Whether any pattern occurs in `data`. A wrapped match needs a line break between pattern
     /// bytes, so text without one is settled by the main automaton alone (one pass).
     pub fn is_match(&self, data: &[u8]) -> bool {
+        if data.len() < self.min_len {
+            return false;
+        }
         self.main.ac.is_match(data)
             || (self.wrapped.is_some()
                 && self.break_between_pattern_bytes(data, false)

@@ -320,9 +320,10 @@ pub(super) fn response_codings(headers: &HeaderMap, dest: &Dest) -> Result<Vec<C
 
 /// Real values in response headers become tokens again; hop-by-hop headers are dropped.
 pub(super) fn scrub_headers(table: &TokenTable, headers: &mut HeaderMap) {
-    let needs_work = headers
-        .iter()
-        .any(|(n, v)| hop_by_hop(n) || table.scrubber().is_some_and(|s| s.is_match(v.as_bytes())));
+    let needs_work = headers.iter().any(|(n, _)| hop_by_hop(n))
+        || table
+            .scrubber()
+            .is_some_and(|s| s.is_match(&joined_values(headers)));
     if !needs_work {
         return;
     }
@@ -341,6 +342,17 @@ pub(super) fn scrub_headers(table: &TokenTable, headers: &mut HeaderMap) {
         }
         headers.append(name, scrub_value(table, value));
     }
+}
+
+/// Every value of `headers`, each followed by a NUL (a byte no value holds), to be searched in
+/// one pass: whatever a search finds in one value it finds here too.
+fn joined_values(headers: &HeaderMap) -> Vec<u8> {
+    let mut all = Vec::with_capacity(headers.iter().map(|(_, v)| v.len() + 1).sum());
+    for value in headers.values() {
+        all.extend_from_slice(value.as_bytes());
+        all.push(0);
+    }
+    all
 }
 
 /// A header value with real values turned back into tokens.
