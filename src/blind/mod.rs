@@ -245,11 +245,9 @@ impl TokenTable {
     /// earlier run (or another project), which no upstream could use.
     pub fn has_stale_token(&self, data: &[u8]) -> bool {
         data.len() >= token::MIN_TOKEN_LEN
-            && self
-                .finder
-                .find(data)
-                .into_iter()
-                .any(|r| std::str::from_utf8(&data[r]).map_or(true, |t| !self.current.contains(t)))
+            && self.finder.each(data, |r| {
+                std::str::from_utf8(&data[r]).map_or(true, |t| !self.current.contains(t))
+            })
     }
 
     /// Swap sets in which every token is forbidden (for plain HTTP).

@@ -241,24 +241,37 @@ impl Finder {
 
     /// The tokens in `data`, as ranges.
     pub fn find(&self, data: &[u8]) -> Vec<std::ops::Range<usize>> {
-        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut out = Vec::new();
+        self.each(data, |r| {
+            out.push(r);
+            false
+        });
+        out
+    }
+
+    /// Calls `f` with each token in `data`, in order, until it returns `true`; whether it did.
+    pub fn each(&self, data: &[u8], mut f: impl FnMut(std::ops::Range<usize>) -> bool) -> bool {
+        // Tokens found so far end by here: a prefix inside one is part of it, not another token
+        // (prefixes are found left to right, so only the last token can hold the next one).
+        let mut taken = 0;
         for m in self.prefixes.find_iter(data) {
             let run = data[m.end()..]
                 .iter()
                 .take_while(|b| b.is_ascii_alphanumeric())
                 .count();
             let end = m.end() + run;
-            if run < RANDOM_CHARS + CHECK_CHARS {
+            if run < RANDOM_CHARS + CHECK_CHARS || m.start() < taken {
                 continue;
             }
             let t = &data[m.start()..end];
-            if check(&t[..t.len() - CHECK_CHARS]) == t[t.len() - CHECK_CHARS..]
-                && !out.iter().any(|r| r.contains(&m.start()))
-            {
-                out.push(m.start()..end);
+            if check(&t[..t.len() - CHECK_CHARS]) == t[t.len() - CHECK_CHARS..] {
+                taken = end;
+                if f(m.start()..end) {
+                    return true;
+                }
             }
         }
-        out
+        false
     }
 }
 

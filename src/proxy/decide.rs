@@ -58,20 +58,18 @@ pub(super) struct SwappedHead {
     pub seen: BTreeSet<usize>,
 }
 
-/// Swaps tokens in the target and every header value; a token not bound here, or of an
-/// earlier run, refuses the request.
+/// Swaps tokens in the target and every header value, in place in `headers` (which it
+/// returns, less `Host` and the hop-by-hop headers); a token not bound here, or of an earlier
+/// run, refuses the request.
 pub(super) fn swap_head(
     table: &crate::blind::TokenTable,
     swap: &HostSwap,
-    parts: &hyper::http::request::Parts,
+    uri: &hyper::Uri,
+    mut headers: HeaderMap,
     keep_upgrade: bool,
 ) -> Result<SwappedHead, HeadRefusal> {
     let mut seen = BTreeSet::new();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if table.has_stale_token(pq.as_bytes()) {
         return Err(HeadRefusal::Stale);
     }
@@ -92,21 +90,8 @@ pub(super) fn swap_head(
             None => path_and_query.push_str(q),
         }
     }
-    let connection_tokens: Vec<String> = parts
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .collect();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        let keep = keep_upgrade && (name == UPGRADE || name == CONNECTION);
-        if name == HOST
-            || (!keep && (hop_by_hop(name) || connection_tokens.iter().any(|t| t == name.as_str())))
-        {
-            continue;
-        }
+    drop_hop_by_hop(&mut headers, keep_upgrade);
+    for (name, value) in headers.iter_mut() {
         let raw = value.as_bytes();
         let basic = if name == AUTHORIZATION {
             basic_decoded(raw)
@@ -116,27 +101,26 @@ pub(super) fn swap_head(
         // Fast path: nothing token-like in this header, so it is forwarded as it is.
         if !table.may_hold_token(raw) && !basic.as_deref().is_some_and(|d| table.may_hold_token(d))
         {
-            headers.append(name.clone(), value.clone());
             continue;
         }
         if table.has_stale_token(raw) || basic.as_deref().is_some_and(|d| table.has_stale_token(d))
         {
             return Err(HeadRefusal::Stale);
         }
-        let mut bytes: Vec<u8> = raw.to_vec();
+        let mut bytes: Option<Vec<u8>> = None;
         if let Some(decoded) = &basic {
             seen.extend(swap.headers.indices(decoded));
-            if let Some(v) = swap_basic(&bytes, &swap.headers)? {
-                bytes = v;
-            }
+            bytes = swap_basic(raw, &swap.headers)?;
         }
-        if let Some(v) = swap.headers.replace_noting(&bytes, &mut seen)? {
-            bytes = v;
+        let current = bytes.as_deref().unwrap_or(raw);
+        if let Some(v) = swap.headers.replace_noting(current, &mut seen)? {
+            bytes = Some(v);
         }
-        // A value with bytes a header cannot carry is refused rather than mangled.
-        let value = HeaderValue::from_bytes(&bytes)
-            .map_err(|_| HeadRefusal::Unbound(seen.iter().next().copied().unwrap_or(0)))?;
-        headers.append(name.clone(), value);
+        if let Some(bytes) = bytes {
+            // A value with bytes a header cannot carry is refused rather than mangled.
+            *value = HeaderValue::from_bytes(&bytes)
+                .map_err(|_| HeadRefusal::Unbound(seen.iter().next().copied().unwrap_or(0)))?;
+        }
     }
     Ok(SwappedHead {
         path_and_query,
@@ -144,6 +128,29 @@ pub(super) fn swap_head(
         headers,
         seen,
     })
+}
+
+/// Drops `Host` (the sender sets it), the hop-by-hop headers and those `Connection` names;
+/// an upgrade keeps `Upgrade` and `Connection`.
+fn drop_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    headers.remove(HOST);
+    let connection_tokens: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let dropped = |name: &HeaderName| {
+        let keep = keep_upgrade && (name == UPGRADE || name == CONNECTION);
+        !keep && (hop_by_hop(name) || connection_tokens.iter().any(|t| t == name.as_str()))
+    };
+    // Most requests have none: nothing is collected for them.
+    if headers.keys().any(dropped) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
 }
 
 /// The refusal for a token of secret `index` sent to `dest`, where it may not go.
@@ -321,9 +328,13 @@ pub(super) fn response_codings(headers: &HeaderMap, dest: &Dest) -> Result<Vec<C
 /// Real values in response headers become tokens again; hop-by-hop headers are dropped.
 pub(super) fn scrub_headers(table: &TokenTable, headers: &mut HeaderMap) {
     let needs_work = headers.iter().any(|(n, _)| hop_by_hop(n))
-        || table
-            .scrubber()
-            .is_some_and(|s| s.is_match(&joined_values(headers)));
+        || table.scrubber().is_some_and(|s| {
+            let mut room = [0u8; 2048];
+            match joined_values(headers, &mut room) {
+                Some(all) => s.is_match(all),
+                None => headers.values().any(|v| s.is_match(v.as_bytes())),
+            }
+        });
     if !needs_work {
         return;
     }
@@ -344,15 +355,19 @@ pub(super) fn scrub_headers(table: &TokenTable, headers: &mut HeaderMap) {
     }
 }
 
-/// Every value of `headers`, each followed by a NUL (a byte no value holds), to be searched in
-/// one pass: whatever a search finds in one value it finds here too.
-fn joined_values(headers: &HeaderMap) -> Vec<u8> {
-    let mut all = Vec::with_capacity(headers.iter().map(|(_, v)| v.len() + 1).sum());
+/// Every value of `headers`, each followed by a NUL (a byte no value holds), written into
+/// `room` to be searched in one pass (whatever a search finds in one value it finds here too);
+/// `None` when they do not fit.
+fn joined_values<'a>(headers: &HeaderMap, room: &'a mut [u8]) -> Option<&'a [u8]> {
+    let mut at = 0;
     for value in headers.values() {
-        all.extend_from_slice(value.as_bytes());
-        all.push(0);
+        let end = at + value.len() + 1;
+        let slot = room.get_mut(at..end)?;
+        slot[..value.len()].copy_from_slice(value.as_bytes());
+        slot[value.len()] = 0;
+        at = end;
     }
-    all
+    Some(&room[..at])
 }
 
 /// A header value with real values turned back into tokens.
@@ -422,7 +437,9 @@ mod tests {
                 ("host", "api.github.com"),
             ],
         );
-        let h = swap_head(&t, &swap, &p, false).ok().unwrap();
+        let h = swap_head(&t, &swap, &p.uri, p.headers.clone(), false)
+            .ok()
+            .unwrap();
         // The target is not opted in: the token stays, unswapped.
         assert_eq!(h.path_and_query, format!("/repos/{gh}?t={gh}"));
         assert_eq!(h.headers["x-token"], format!("token {GH}").as_str());
@@ -443,7 +460,9 @@ mod tests {
         let sl = t.secrets[1].token.clone();
         let swap = t.for_host("api.github.com", 443);
         let p = parts("/", &[("x-token", &sl)]);
-        let why = swap_head(&t, &swap, &p, false).err().unwrap();
+        let why = swap_head(&t, &swap, &p.uri, p.headers.clone(), false)
+            .err()
+            .unwrap();
         let r = head_refusal(&t, &dest("api.github.com", true), why);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(
@@ -452,7 +471,9 @@ mod tests {
         );
         let stale = crate::blind::token::per_run(GH);
         let p = parts(&format!("/?q={stale}"), &[]);
-        let why = swap_head(&t, &swap, &p, false).err().unwrap();
+        let why = swap_head(&t, &swap, &p.uri, p.headers.clone(), false)
+            .err()
+            .unwrap();
         assert_eq!(
             head_refusal(&t, &dest("api.github.com", true), why).reason(),
             STALE_REASON
@@ -481,10 +502,14 @@ mod tests {
                 ("accept", "*/*"),
             ],
         );
-        let h = swap_head(&t, &swap, &p, false).ok().unwrap();
+        let h = swap_head(&t, &swap, &p.uri, p.headers.clone(), false)
+            .ok()
+            .unwrap();
         let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["accept"]);
-        let h = swap_head(&t, &swap, &p, true).ok().unwrap();
+        let h = swap_head(&t, &swap, &p.uri, p.headers.clone(), true)
+            .ok()
+            .unwrap();
         assert!(h.headers.contains_key(UPGRADE) && h.headers.contains_key(CONNECTION));
         assert!(!h.headers.contains_key(PROXY_AUTHORIZATION));
     }
@@ -561,6 +586,40 @@ mod tests {
         assert_eq!(h["x-echo"], format!("got {}", t.secrets[0].token).as_str());
         assert!(!h.contains_key("transfer-encoding"));
         assert_eq!(h["server"], "origin");
+    }
+
+    #[test]
+    fn a_real_value_in_any_response_header_is_found_in_small_and_large_heads() {
+        let t = table();
+        let token = t.secrets[1].token.clone();
+        for pad in [10, 5000] {
+            let mut h = HeaderMap::new();
+            h.insert("server", HeaderValue::from_static("origin"));
+            h.insert("x-pad", HeaderValue::from_str(&"p".repeat(pad)).unwrap());
+            h.append("x-echo", HeaderValue::from_static("first"));
+            h.append(
+                "x-echo",
+                HeaderValue::from_str(&format!("last {SL}")).unwrap(),
+            );
+            scrub_headers(&t, &mut h);
+            let echoed: Vec<&str> = h
+                .get_all("x-echo")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(echoed, ["first", &format!("last {token}")], "pad {pad}");
+            assert_eq!(h["server"], "origin");
+        }
+        // Halves of a value in two headers are no value, and are left as they came.
+        let (a, b) = SL.split_at(10);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static(a));
+        h.insert("x-b", HeaderValue::from_static(b));
+        scrub_headers(&t, &mut h);
+        assert_eq!(
+            (&h["x-a"], &h["x-b"]),
+            (&HeaderValue::from_static(a), &HeaderValue::from_static(b))
+        );
     }
 
     #[test]

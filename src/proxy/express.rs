@@ -200,11 +200,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
         deadline: &mut Deadline,
     ) -> Result<Response<Body>, super::refusal::Refusal> {
         let start = Instant::now();
-        let (parts, body) = req.into_parts();
-        let (mut out, asked) = match prepare(proxy, dest, None, &parts, body, false, start).await? {
-            Prepared::Send(out, asked) => (out, asked),
-            Prepared::Upgrade(_) => unreachable!("upgrades take the general path"),
-        };
+        let (mut parts, body) = req.into_parts();
+        let (mut out, asked) =
+            match prepare(proxy, dest, None, &mut parts, body, false, start).await? {
+                Prepared::Send(out, asked) => (out, asked),
+                Prepared::Upgrade(_) => unreachable!("upgrades take the general path"),
+            };
         if let Err(e) = self.encode_request(&asked.method, &mut out).await {
             return Err(send_failure(proxy, dest, &out, &*e));
         }
@@ -296,6 +297,15 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn<C> {
                     self.upstream = Some(up);
                 }
                 empty()
+            }
+            // The whole body came with the head (most small answers): taken as it is, and the
+            // connection is free at once.
+            Some(Framing::Length(n)) if up.buf.len() as u64 >= n => {
+                let data = up.buf.split_to(n as usize).freeze();
+                if reusable && up.buf.is_empty() {
+                    self.upstream = Some(up);
+                }
+                full(data)
             }
             Some(framing) => Framed {
                 up: Some(up),

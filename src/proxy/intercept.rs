@@ -60,8 +60,8 @@ async fn exchange(
     let start = Instant::now();
     let ws = is_websocket(&req);
     let client_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    match prepare(proxy, &dest, misdirected_sni, &parts, body, ws, start).await? {
+    let (mut parts, body) = req.into_parts();
+    match prepare(proxy, &dest, misdirected_sni, &mut parts, body, ws, start).await? {
         Prepared::Upgrade(head) => {
             let on_client = client_upgrade.expect("prepared for an upgrade");
             let method = parts.method;
@@ -88,11 +88,15 @@ pub(super) enum Prepared {
 /// Every check and swap a request gets before it is sent, whichever codec carried it: the TLS
 /// server name and `Host` agree with the destination, an IP literal passes the address rules,
 /// tokens are swapped in the target, headers and body or the request is refused.
+///
+/// The headers are swapped where they are and move into the outgoing request; `parts` keeps
+/// them as the agent sent them only towards a host an AWS secret is bound to, where the
+/// agent's signature is checked against them.
 pub(super) async fn prepare(
     proxy: &Arc<Proxy>,
     dest: &Dest,
     misdirected_sni: Option<String>,
-    parts: &hyper::http::request::Parts,
+    parts: &mut hyper::http::request::Parts,
     body: Body,
     ws: bool,
     start: Instant,
@@ -123,7 +127,13 @@ pub(super) async fn prepare(
     } else {
         proxy.table.nowhere()
     };
-    let mut head = swap_head(&proxy.table, &swap, parts, ws)
+    let signed = dest.tls && !proxy.table.signers(&dest.host, dest.port).is_empty();
+    let headers = if signed {
+        parts.headers.clone()
+    } else {
+        std::mem::take(&mut parts.headers)
+    };
+    let mut head = swap_head(&proxy.table, &swap, &parts.uri, headers, ws)
         .map_err(|why| head_refusal(&proxy.table, dest, why))?;
     // Only an audit line shows the path (tokens as `{NAME}`): no work for it otherwise.
     if proxy.audit.enabled() {
