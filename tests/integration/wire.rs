@@ -232,6 +232,10 @@ big = "y" * 70000 + TOK
 c.send(get("/big", "POST", "Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(big)) + big)
 out["big"] = c.response()
 c.send(get("/after-big")); out["after_big"] = c.response()
+# A header value with a byte no header may hold (DEL) is refused, never forwarded.
+c = connect()
+c.send("GET /del HTTP/1.1\r\nHost: %s:%d\r\nX-Pad: %s\x7fz\r\n\r\n" % (HOST, PORT, "p" * 80))
+out["del"] = c.response()
 print(json.dumps(out))
 "#;
 
@@ -342,4 +346,6 @@ allow_private = true
         assert!(body(k).contains("body_real=true"), "{k}: {}", body(k));
     }
     assert!(body("after_big").contains("auth_real=true"));
+    // The origin answers 200 to anything: a 400 is kz's refusal.
+    assert_eq!(v["del"]["status"], 400, "{}", v["del"]);
 }
