@@ -444,6 +444,10 @@ struct Span(u32, u32);
 
 impl Span {
     fn of(base: &[u8], piece: &[u8]) -> Span {
+        // An empty piece need not point into `base`.
+        if piece.is_empty() {
+            return Span(0, 0);
+        }
         let at = piece.as_ptr() as usize - base.as_ptr() as usize;
         Span(at as u32, (at + piece.len()) as u32)
     }
@@ -569,8 +573,8 @@ fn take_request(buf: &mut BytesMut) -> Taken {
 }
 
 /// The request in `head`, its target and header values sharing `head`'s bytes; `Err` for a
-/// target kz cannot parse or a header value with bytes a header cannot carry (httparse lets
-/// DEL through).
+/// target kz cannot parse or a header value with bytes a header cannot carry (httparse and
+/// `http` agree on those today; this keeps it so if they ever differ).
 fn build_request(
     head: &Bytes,
     method: Span,
@@ -1051,7 +1055,7 @@ mod tests {
 
     #[test]
     fn plain_requests_take_the_express_path() {
-        let text = "GET /v1/x?y=1 HTTP/1.1\r\nHost: api.x.com\r\nConnection: keep-alive\r\nAuthorization: Bearer t\r\n\r\n";
+        let text = "GET /v1/x?y=1 HTTP/1.1\r\nHost: api.x.com\r\nConnection: keep-alive\r\nX-Empty:\r\nAuthorization: Bearer t\r\n\r\n";
         let (Taken::Request(req), rest) = request(&format!("{text}GET /next")) else {
             panic!("not taken");
         };
@@ -1061,6 +1065,7 @@ mod tests {
         );
         assert_eq!(req.headers()["authorization"], "Bearer t");
         assert_eq!(req.headers()["host"], "api.x.com");
+        assert_eq!(req.headers()["x-empty"], "");
         assert!(req.body().is_end_stream());
         assert_eq!(&rest[..], b"GET /next", "only the request is taken");
         let post = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
@@ -1115,8 +1120,9 @@ mod tests {
     fn a_target_or_header_value_kz_cannot_take_is_refused() {
         let text = "GET http://[bad HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(matches!(request(text).0, Taken::Bad("bad request target")));
-        // A DEL in a header value: httparse refuses it in short values (general path) and
-        // lets it through in long ones (refused here); never forwarded.
+        // A DEL in a header value, in the scalar and the SIMD stretch of httparse: httparse
+        // refuses it (the general path answers 400); were it let through, building the request
+        // would refuse it. Never forwarded.
         for pad in [0, 64] {
             let text = format!("GET / HTTP/1.1\r\nX: {}a\x7fb\r\n\r\n", "a".repeat(pad));
             let taken = request(&text).0;

@@ -346,6 +346,6 @@ allow_private = true
         assert!(body(k).contains("body_real=true"), "{k}: {}", body(k));
     }
     assert!(body("after_big").contains("auth_real=true"));
-    // The origin answers 200 to anything: a 400 is kz's refusal.
+    // The origin answers 200 to anything: a 400 is kz's refusal (a DEL is no header byte).
     assert_eq!(v["del"]["status"], 400, "{}", v["del"]);
 }
