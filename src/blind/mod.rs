@@ -258,15 +258,17 @@ impl TokenTable {
 
     /// The swap sets for one destination, built once and cached.
     pub fn for_host(&self, host: &str, port: u16) -> Arc<HostSwap> {
-        // Looked up without building a key (this runs for every request).
+        // The key is written on the stack when it can be (this runs for every request).
         let mut room = [0u8; 128];
-        if let Some(key) = host_key(host, port, &mut room) {
-            if let Some(h) = self.hosts.lock().unwrap().get(key) {
-                return h;
+        let built;
+        let key = match host_key(host, port, &mut room) {
+            Some(k) => k,
+            None => {
+                built = format!("{port} {}", host.to_ascii_lowercase());
+                built.as_str()
             }
-        }
-        let key = format!("{port} {}", host.to_ascii_lowercase());
-        if let Some(h) = self.hosts.lock().unwrap().get(&key) {
+        };
+        if let Some(h) = self.hosts.lock().unwrap().get(key) {
             return h;
         }
         let build = |place: fn(&Swap) -> bool, encode: &dyn Fn(&str) -> String| {
@@ -297,7 +299,10 @@ impl TokenTable {
             body_json: build(|s| s.body, &json_content),
             body_form: build(|s| s.body, &url),
         });
-        self.hosts.lock().unwrap().insert(key, swap.clone());
+        self.hosts
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), swap.clone());
         swap
     }
 
@@ -406,6 +411,16 @@ mod tests {
         ])
     }
 
+    #[test]
+    fn swap_sets_are_cached_per_host_whatever_its_case_or_length() {
+        let t = table();
+        let a = t.for_host("api.github.com", 443);
+        assert!(Arc::ptr_eq(&a, &t.for_host("API.GitHub.com", 443)));
+        assert!(!Arc::ptr_eq(&a, &t.for_host("api.github.com", 8443)));
+        let long = format!("{}.example.com", "a".repeat(200));
+        let b = t.for_host(&long, 443);
+        assert!(Arc::ptr_eq(&b, &t.for_host(&long.to_uppercase(), 443)));
+    }
     #[test]
     fn tokens_keep_the_shape_and_earlier_tokens_are_recognised() {
         let t = table();

@@ -20,7 +20,7 @@ use super::decide::{
     scrub_headers, swap_head, token_refusal, SwappedHead,
 };
 use super::lane::Lane;
-use super::outgoing::{content_length, request_body, Outgoing};
+use super::outgoing::{content_length, length_reads, request_body, Outgoing};
 use super::refusal::Refusal;
 use super::upstream::{Body, BoxError, PrivateAddress};
 use super::{Dest, Proxy};
@@ -127,8 +127,13 @@ pub(super) async fn prepare(
     } else {
         proxy.table.nowhere()
     };
-    let signed = dest.tls && !proxy.table.signers(&dest.host, dest.port).is_empty();
-    let headers = if signed {
+    // Secrets whose AWS signatures are checked and made again towards this host (over TLS).
+    let signers = if dest.tls {
+        proxy.table.signers(&dest.host, dest.port)
+    } else {
+        Vec::new()
+    };
+    let headers = if !signers.is_empty() {
         parts.headers.clone()
     } else {
         std::mem::take(&mut parts.headers)
@@ -157,7 +162,7 @@ pub(super) async fn prepare(
         report: Arc::new(StreamReport::default()),
         buffered: None,
     };
-    request_body(proxy, dest, &swap, parts, body, &mut out).await?;
+    request_body(proxy, dest, &swap, &signers, parts, body, &mut out).await?;
     let asked = Asked {
         method: parts.method.clone(),
         shown_path,
@@ -331,15 +336,6 @@ pub(super) async fn respond(
         t.on_end(Box::new(audit_line)).boxed()
     };
     Ok(Response::from_parts(rparts, body))
-}
-
-/// Whether `headers` hold one `Content-Length`, written as `len` is (so it need not be set
-/// again).
-fn length_reads(headers: &hyper::HeaderMap, len: usize) -> bool {
-    let mut all = headers.get_all(CONTENT_LENGTH).iter();
-    let mut digits = [0u8; 20];
-    let digits = crate::http::decimal(len as u64, &mut digits);
-    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == digits)
 }
 
 /// The `request` audit line, written with the response's byte count once the body has passed.

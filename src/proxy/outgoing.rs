@@ -19,7 +19,7 @@ use super::refusal::Refusal;
 use super::resign;
 use super::upstream::Body;
 use super::{Dest, Proxy};
-use crate::blind::HostSwap;
+use crate::blind::{BlindSecret, HostSwap};
 use crate::conceal::replace::Forbidden;
 
 /// Bodies with a `Content-Length` up to this size are swapped whole, so the length stays exact.
@@ -41,29 +41,26 @@ pub(super) struct Outgoing {
 
 /// The request body: swapped whole when its length is known and modest (exact Content-Length),
 /// else streamed chunk by chunk; a compressed body passes as it came, checked on the side; a
-/// SigV4-signed request towards a host bound to an AWS secret is signed again instead.
+/// SigV4-signed request towards a host bound to an AWS secret (`signers`, with `parts` holding
+/// the headers as the agent sent them) is signed again instead.
 pub(super) async fn request_body(
     proxy: &Proxy,
     dest: &Dest,
     swap: &HostSwap,
+    signers: &[(usize, &BlindSecret)],
     parts: &hyper::http::request::Parts,
     body: Body,
     out: &mut Outgoing,
 ) -> Result<(), Refusal> {
     // Towards a host bound to an AWS secret, a SigV4-signed request is checked and signed
     // again with the real key instead of having its text swapped.
-    let signers = if dest.tls {
-        proxy.table.signers(&dest.host, dest.port)
-    } else {
-        Vec::new()
-    };
     if !signers.is_empty() {
         match resign::signature_of(&parts.headers, parts.uri.query().unwrap_or("")) {
             None => {}
             Some(Err(reason)) => {
                 return Err(Refusal::denied(StatusCode::FORBIDDEN, &dest.host, reason))
             }
-            Some(Ok(sig)) => return resigned_body(dest, &signers, &sig, parts, body, out).await,
+            Some(Ok(sig)) => return resigned_body(dest, signers, &sig, parts, body, out).await,
         }
     }
     let set = body_patterns(swap, &out.headers);
@@ -132,7 +129,7 @@ pub(super) async fn request_body(
 /// payload hash), checked, and signed again with the real key.
 async fn resigned_body(
     dest: &Dest,
-    signers: &[(usize, &crate::blind::BlindSecret)],
+    signers: &[(usize, &BlindSecret)],
     sig: &resign::Signature,
     parts: &hyper::http::request::Parts,
     body: Body,
@@ -193,6 +190,15 @@ async fn resigned_body(
         None => body,
     };
     Ok(())
+}
+
+/// Whether `headers` hold one `Content-Length`, written as `len` is (so it need not be set
+/// again).
+pub(super) fn length_reads(headers: &HeaderMap, len: usize) -> bool {
+    let mut all = headers.get_all(CONTENT_LENGTH).iter();
+    let mut digits = [0u8; 20];
+    let digits = crate::http::decimal(len as u64, &mut digits);
+    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == digits)
 }
 
 pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
