@@ -57,20 +57,21 @@ fn descriptor_limit() -> usize {
 
 /// Tells a connection that the listener is stopping; `requested` resolves then.
 #[derive(Clone)]
-pub struct Drain(Option<watch::Receiver<bool>>);
+pub struct Drain(watch::Receiver<bool>);
+
+impl From<watch::Receiver<bool>> for Drain {
+    /// A drain requested once `true` is sent.
+    fn from(rx: watch::Receiver<bool>) -> Drain {
+        Drain(rx)
+    }
+}
 
 impl Drain {
-    /// A drain that is never requested (for connections served outside a listener).
-    pub fn never() -> Drain {
-        Drain(None)
-    }
-
-    /// Resolves once the listener has stopped accepting.
+    /// Resolves once the listener has stopped accepting (never, when its sender is gone
+    /// without asking).
     pub async fn requested(&mut self) {
-        if let Some(rx) = &mut self.0 {
-            if rx.wait_for(|stop| *stop).await.is_ok() {
-                return;
-            }
+        if self.0.wait_for(|stop| *stop).await.is_ok() {
+            return;
         }
         std::future::pending::<()>().await
     }
@@ -135,7 +136,7 @@ pub async fn serve<H, F>(
                     s = accept(&listener) => s,
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = handle(stream, Drain(Some(drain_rx.clone())));
+                let conn = handle(stream, Drain(drain_rx.clone()));
                 conns.spawn(async move {
                     conn.await;
                     drop(slot);

@@ -18,6 +18,7 @@ pub mod session;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod transparent;
+pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
 pub mod ws;
@@ -142,6 +143,25 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
     .await;
 }
 
+/// What a connection carries on with after a CONNECT was answered: the tunnel, or the
+/// intercepted TLS session. It runs in the connection's own task, so a listener's drain covers
+/// it (an HTTP/1.1 connection carries nothing else after a CONNECT).
+type AfterConnect = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The slot a CONNECT handler leaves its `AfterConnect` in.
+#[derive(Clone, Default)]
+struct Handover(Arc<std::sync::Mutex<Option<AfterConnect>>>);
+
+impl Handover {
+    fn leave(&self, rest: AfterConnect) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(rest);
+    }
+
+    fn take(&self) -> Option<AfterConnect> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// One connection of the explicit proxy. `authenticate`: require the run's proxy credential
 /// (off for a client inside `--isolate` whose proxy setting led it to kz's transparent port:
 /// every connection there is the agent's own).
@@ -151,7 +171,19 @@ pub async fn serve_proxy_connection(
     authenticate: bool,
     drain: Drain,
 ) {
-    let svc = service_fn(move |req| handle(proxy.clone(), req, authenticate));
+    let handover = Handover::default();
+    let svc = {
+        let (handover, drain) = (handover.clone(), drain.clone());
+        service_fn(move |req| {
+            handle(
+                proxy.clone(),
+                req,
+                authenticate,
+                handover.clone(),
+                drain.clone(),
+            )
+        })
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
@@ -159,18 +191,23 @@ pub async fn serve_proxy_connection(
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
+    if let Some(rest) = handover.take() {
+        rest.await;
+    }
 }
 
 async fn handle(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     authenticate: bool,
+    handover: Handover,
+    drain: Drain,
 ) -> Result<Response<Body>, Infallible> {
     if authenticate && !proxy.authorized(&req) {
         return Ok(proxy.answer(Refusal::ProxyAuth));
     }
     if req.method() == Method::CONNECT {
-        return Ok(connect(proxy, req).await);
+        return Ok(connect(proxy, req, handover, drain).await);
     }
     let uri = req.uri().clone();
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
@@ -196,7 +233,12 @@ async fn handle(
     Ok(intercept::forward(proxy, dest, None, None, req.map(body::incoming)).await)
 }
 
-async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+async fn connect(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    handover: Handover,
+    drain: Drain,
+) -> Response<Body> {
     let Some((host, port)) = req
         .uri()
         .authority()
@@ -215,7 +257,7 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                 return proxy.answer(Refusal::upstream(StatusCode::BAD_GATEWAY, e.to_string()))
             }
         };
-        tokio::spawn(async move {
+        handover.leave(Box::pin(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
                 return;
             };
@@ -231,8 +273,8 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                 port,
                 tls: true,
             };
-            serve_intercepted(proxy, dest, misdirected, tls, Drain::never()).await;
-        });
+            serve_intercepted(proxy, dest, misdirected, tls, drain).await;
+        }));
         return Response::new(empty());
     }
     // Not bound to any secret: a plain tunnel, never decrypted.
@@ -240,38 +282,15 @@ async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         Ok(s) => s,
         Err(e) => return proxy.answer(decide::unreachable(&host, port, &e)),
     };
-    let audit = proxy.audit.clone();
-    tokio::spawn(async move {
+    handover.leave(Box::pin(async move {
         let start = std::time::Instant::now();
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
-        relay(TokioIo::new(upgraded), upstream, &host, port, &audit, start).await;
-    });
+        let client = TokioIo::new(upgraded);
+        tunnel::relay(client, upstream, &host, port, &proxy.audit, start, drain).await;
+    }));
     Response::new(empty())
-}
-
-/// Copies bytes both ways between a client and an upstream until either side closes, then
-/// writes the tunnel's audit line.
-pub async fn relay(
-    mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    mut upstream: tokio::net::TcpStream,
-    host: &str,
-    port: u16,
-    audit: &Audit,
-    start: std::time::Instant,
-) {
-    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-        .await
-        .unwrap_or((0, 0));
-    let record = crate::audit::Tunnel {
-        host,
-        port,
-        bytes_out: up,
-        bytes_in: down,
-        latency_ms: crate::audit::millis(start.elapsed()),
-    };
-    audit.record("tunnel", &record);
 }
 
 /// Serves HTTP on an intercepted TLS connection with the protocol ALPN chose (HTTP/1.1 when the

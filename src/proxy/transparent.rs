@@ -234,7 +234,7 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>, drain
                 .with_upgrades();
             let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
         }
-        _ => tunnel(stream, proxy, name, port).await,
+        _ => tunnel(stream, proxy, name, port, drain).await,
     }
 }
 
@@ -253,7 +253,7 @@ async fn speaks_to_a_proxy(stream: &TcpStream) -> bool {
             .is_some_and(|t| t.starts_with(b"http://") || t.starts_with(b"https://"))
 }
 
-async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
+async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16, drain: Drain) {
     let start = Instant::now();
     let upstream = match proxy.dial(&host, port).await {
         Ok(s) => s,
@@ -266,7 +266,7 @@ async fn tunnel(client: TcpStream, proxy: Arc<Proxy>, host: String, port: u16) {
             return;
         }
     };
-    super::relay(client, upstream, &host, port, &proxy.audit, start).await;
+    super::tunnel::relay(client, upstream, &host, port, &proxy.audit, start, drain).await;
 }
 
 /// Answers DNS queries from the namespace: names outside `[network] allow` are refused, names

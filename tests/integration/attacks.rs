@@ -98,10 +98,26 @@ fn an_unbound_host_is_tunnelled_and_only_ever_sees_the_token() {
         "tunnelled untouched, the token keeps the value's ghp_ shape: {auth}"
     );
     assert!(!seen.all().contains(REAL_GH));
-    assert!(b
-        .audit()
-        .iter()
-        .any(|l| l["event"] == "tunnel" && l["host"] == "evil.kz.test"));
+    b.assert_tunnel_audited("evil.kz.test");
+}
+
+#[test]
+fn a_tunnel_still_open_when_the_agent_exits_is_cut_and_audited() {
+    let b = Blind::new();
+    // A background client holds a tunnel open (the upstream answers its body after 20 s) when
+    // the agent's shell exits: kz ends it within its drain and still writes its audit line.
+    let started = std::time::Instant::now();
+    let (code, out, err) = b.run_sh(
+        r#"curl -sS --cacert "$TEST_CA" "$EVIL_UP/slow-body" >/dev/null 2>&1 &
+sleep 1"#,
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "kz run took {took:?}"
+    );
+    b.assert_tunnel_audited("evil.kz.test");
 }
 
 #[test]

@@ -87,6 +87,17 @@ expose = [{repo:?}]
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+
+    /// The audit line of a tunnel to `host`, which must have carried bytes both ways.
+    pub fn assert_tunnel_audited(&self, host: &str) {
+        let audit = self.audit();
+        let tunnel = audit
+            .iter()
+            .find(|l| l["event"] == "tunnel" && l["host"] == host)
+            .unwrap_or_else(|| panic!("no tunnel line for {host}: {audit:?}"));
+        assert!(tunnel["bytes_out"].as_u64().unwrap() > 0, "{tunnel}");
+        assert!(tunnel["bytes_in"].as_u64().unwrap() > 0, "{tunnel}");
+    }
 }
 
 fn assert_no_real_value(out: &str, err: &str) {

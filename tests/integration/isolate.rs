@@ -341,3 +341,29 @@ fn exit_codes_and_signals_pass_through_the_helper() {
         "{err}"
     );
 }
+
+/// A connection to an unbound host, redirected and tunnelled, still waiting for its answer when
+/// the agent exits (the namespace's processes end with it): kz run ends promptly and the tunnel
+/// has its audit line with both byte counts.
+#[test]
+fn a_redirected_tunnel_is_audited_when_the_agent_exits() {
+    if !privileged(Needs::Namespaces) {
+        return;
+    }
+    let b = Blind::new();
+    let ca = crate::util::fixture("tls/ca.pem");
+    let script = format!(
+        r#"{IN_OWN_NETNS}
+curl --noproxy '*' -sS --cacert "$TEST_CA" "https://evil.kz.test:$PORT/slow-body" >/dev/null 2>&1 &
+sleep 1"#
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = b.run_isolated_with(&script, &[("TEST_CA", &ca)]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "kz run took {took:?}"
+    );
+    b.assert_tunnel_audited("evil.kz.test");
+}

@@ -1186,6 +1186,9 @@ fn the_sidecar_resolves_through_the_policy_server_with_its_own_token() {
         let tok = sb.write("sa-token", token);
         let share = sb.path().join("share");
         let _ = std::fs::create_dir(&share);
+        // Serving means its tokens are written and its ready port answers (a port alone could
+        // be another test's, taken after free_port let it go).
+        let _ = std::fs::remove_file(share.join("tokens.env"));
         let (p, d, r) = (
             crate::util::free_port(),
             crate::util::free_port(),
@@ -1212,7 +1215,9 @@ fn the_sidecar_resolves_through_the_policy_server_with_its_own_token() {
                 std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
                 return (Some(status.code().unwrap_or(-1)), err, share);
             }
-            if std::net::TcpStream::connect(("127.0.0.1", r)).is_ok() {
+            if share.join("tokens.env").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", r)).is_ok()
+            {
                 let _ = child.kill();
                 let _ = child.wait();
                 return (None, String::new(), share);
