@@ -1,7 +1,8 @@
 //! The HTTP/2 side towards the agent, on the `h2` crate directly: hyper's HTTP/2 server sends
 //! no interim `100 Continue`, so a client that sends `Expect: 100-continue` and waits for it
 //! before uploading (curl waits a second) would stall on every upload. Here the `100` goes out
-//! at once, then the request is handled as any other.
+//! at once, then the request is handled as any other. When the listener drains, the client gets
+//! a GOAWAY: streams already open are answered, new ones are refused, and the connection closes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use hyper::header::EXPECT;
 use hyper::{Request, Response, StatusCode};
 
 use super::upstream::{Body, BoxError, PolledFrame};
+use crate::serve::Drain;
 
 /// The most streams one client may have open at once.
 const MAX_STREAMS: u32 = 256;
@@ -25,8 +27,9 @@ fn expects_continue<T>(req: &Request<T>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
 }
 
-/// Serves HTTP/2 on `io` until the client goes away, one task per stream.
-pub async fn serve<IO, F, Fut>(io: IO, handler: F)
+/// Serves HTTP/2 on `io` until the client goes away or a drain has wound it down, one task per
+/// stream.
+pub async fn serve<IO, F, Fut>(io: IO, handler: F, mut drain: Drain)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
@@ -39,7 +42,21 @@ where
     else {
         return;
     };
-    while let Some(Ok((req, mut respond))) = conn.accept().await {
+    let drained = drain.requested();
+    tokio::pin!(drained);
+    let mut draining = false;
+    loop {
+        let (req, mut respond) = tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok(stream)) => stream,
+                _ => break,
+            },
+            _ = &mut drained, if !draining => {
+                conn.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             if expects_continue(&req) {
@@ -146,5 +163,47 @@ impl hyper::body::Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         self.done || self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A stream open when the drain comes is answered in full; the client is told to go away,
+    /// and the server returns once that stream is done.
+    #[tokio::test]
+    async fn a_drain_answers_open_streams_then_closes() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let handler = |_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(super::super::body::full(Bytes::from_static(
+                b"late but whole",
+            )))
+        };
+        let server = tokio::spawn(serve(server_io, handler, Drain::from(rx)));
+        let (mut send, conn) = h2::client::handshake(client_io).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let req = Request::get("https://api.kz.test/").body(()).unwrap();
+        let (answer, _) = send.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        let resp = answer.await.expect("the open stream is answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, b"late but whole");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the connection closes after the drain")
+            .unwrap();
+        // The client connection has ended too: nothing more is served on it.
+        let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        assert!(ended.is_ok(), "the client saw the connection end");
     }
 }

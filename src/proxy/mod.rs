@@ -309,7 +309,7 @@ pub async fn serve_intercepted<IO>(
         let handler = move |req: Request<Body>| {
             intercept::forward(proxy.clone(), dest.clone(), misdirected.clone(), None, req)
         };
-        h2serve::serve(tls, handler).await;
+        h2serve::serve(tls, handler, drain).await;
         return;
     }
     if misdirected.is_none() {
