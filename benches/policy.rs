@@ -2,7 +2,8 @@
 //! decide) and over HTTP keep-alive against `kz server start` with 1,000 distinct identities,
 //! for bundles of 100, 1,000 and 10,000 policies. Baseline in the same run: the in-process cost
 //! of verifying the JWT alone. Run with `cargo bench --bench policy` (or `scripts/bench`);
-//! `KZ_BENCH_ROUNDS` rounds (default 3), each printed, then the worst of each figure.
+//! `KZ_BENCH_ROUNDS` rounds (default 3), each printed, then the worst of each figure. `KZ_BIN`
+//! serves the HTTP rounds from another kz binary (a profile-guided build, say).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -99,7 +100,9 @@ fn in_process(policies: usize, dir: &std::path::Path) -> (f64, f64) {
 fn over_http(policies: usize, dir: &std::path::Path) -> (f64, f64) {
     let path = dir.join(format!("b{policies}.yaml"));
     std::fs::write(&path, bundle(policies)).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kz"))
+    // KZ_BIN: another kz binary to serve (scripts/build-pgo trains its instrumented build here).
+    let kz = std::env::var_os("KZ_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kz").into());
+    let mut server = Command::new(kz)
         .args(["server", "start", "--bundle"])
         .arg(&path)
         .args(["--listen", "127.0.0.1:0"])
