@@ -34,16 +34,19 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Handles one request towards `dest` (intercepted TLS, or plain HTTP through the proxy).
 /// `misdirected` is a TLS server name that differed from the CONNECT target; `lane` is the
-/// client connection's own upstream connection, when it has one.
+/// client connection's own upstream connection, when it has one; `handover` is where a
+/// WebSocket upgrade leaves its frame pumps, to run in the client connection's task (without
+/// one, they run in a task of their own, outside any drain).
 pub fn forward(
     proxy: Arc<Proxy>,
     dest: Dest,
     misdirected: Option<String>,
     lane: Option<Arc<Lane>>,
+    handover: Option<super::Handover>,
     req: Request<Body>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
     Box::pin(async move {
-        match exchange(&proxy, dest, misdirected, lane, req).await {
+        match exchange(&proxy, dest, misdirected, lane, handover, req).await {
             Ok(r) => r,
             Err(refusal) => proxy.answer(refusal),
         }
@@ -55,6 +58,7 @@ async fn exchange(
     dest: Dest,
     misdirected_sni: Option<String>,
     lane: Option<Arc<Lane>>,
+    handover: Option<super::Handover>,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Refusal> {
     let start = Instant::now();
@@ -65,10 +69,12 @@ async fn exchange(
         Prepared::Upgrade(head) => {
             let on_client = client_upgrade.expect("prepared for an upgrade");
             let method = parts.method;
-            Ok(
-                super::upgrade::websocket(proxy.clone(), dest, method, head, on_client, start)
-                    .await,
-            )
+            let upgrade = super::upgrade::Upgrade {
+                on_client,
+                handover,
+                start,
+            };
+            Ok(super::upgrade::websocket(proxy.clone(), dest, method, head, upgrade).await)
         }
         Prepared::Send(mut out, asked) => {
             let sent = send(proxy, &dest, lane.as_deref(), &asked.method, &mut out).await?;

@@ -143,22 +143,43 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
     .await;
 }
 
-/// What a connection carries on with after a CONNECT was answered: the tunnel, or the
-/// intercepted TLS session. It runs in the connection's own task, so a listener's drain covers
-/// it (an HTTP/1.1 connection carries nothing else after a CONNECT).
-type AfterConnect = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+/// What a connection carries on with once its HTTP exchange is over: after a CONNECT, the
+/// tunnel or the intercepted TLS session; after a WebSocket upgrade, the frame pumps. It runs in
+/// the connection's own task, so the listener's drain and connection cap cover it (an HTTP/1.1
+/// connection carries nothing else after a CONNECT or an upgrade).
+pub type Carry = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The slot a CONNECT handler leaves its `AfterConnect` in.
-#[derive(Clone, Default)]
-struct Handover(Arc<std::sync::Mutex<Option<AfterConnect>>>);
+/// The slot a handler leaves its `Carry` in, with the connection's drain, which what it leaves
+/// must heed.
+#[derive(Clone)]
+pub struct Handover {
+    slot: Arc<std::sync::Mutex<Option<Carry>>>,
+    drain: Drain,
+}
 
 impl Handover {
-    fn leave(&self, rest: AfterConnect) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(rest);
+    fn new(drain: Drain) -> Handover {
+        Handover {
+            slot: Arc::default(),
+            drain,
+        }
     }
 
-    fn take(&self) -> Option<AfterConnect> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn leave(&self, rest: Carry) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(rest);
+    }
+
+    /// The drain of the connection this slot belongs to.
+    fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// Runs what a handler left, if anything.
+    async fn carry_on(self) {
+        let rest = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rest) = rest {
+            rest.await;
+        }
     }
 }
 
@@ -171,18 +192,10 @@ pub async fn serve_proxy_connection(
     authenticate: bool,
     drain: Drain,
 ) {
-    let handover = Handover::default();
+    let handover = Handover::new(drain.clone());
     let svc = {
-        let (handover, drain) = (handover.clone(), drain.clone());
-        service_fn(move |req| {
-            handle(
-                proxy.clone(),
-                req,
-                authenticate,
-                handover.clone(),
-                drain.clone(),
-            )
-        })
+        let handover = handover.clone();
+        service_fn(move |req| handle(proxy.clone(), req, authenticate, handover.clone()))
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -191,9 +204,7 @@ pub async fn serve_proxy_connection(
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
-    if let Some(rest) = handover.take() {
-        rest.await;
-    }
+    handover.carry_on().await;
 }
 
 async fn handle(
@@ -201,13 +212,12 @@ async fn handle(
     req: Request<Incoming>,
     authenticate: bool,
     handover: Handover,
-    drain: Drain,
 ) -> Result<Response<Body>, Infallible> {
     if authenticate && !proxy.authorized(&req) {
         return Ok(proxy.answer(Refusal::ProxyAuth));
     }
     if req.method() == Method::CONNECT {
-        return Ok(connect(proxy, req, handover, drain).await);
+        return Ok(connect(proxy, req, handover).await);
     }
     let uri = req.uri().clone();
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
@@ -230,15 +240,12 @@ async fn handle(
         return Ok(proxy.refuse(StatusCode::FORBIDDEN, &host, &reason));
     }
     let dest = Dest { host, port, tls };
-    Ok(intercept::forward(proxy, dest, None, None, req.map(body::incoming)).await)
+    let req = req.map(body::incoming);
+    Ok(intercept::forward(proxy, dest, None, None, Some(handover), req).await)
 }
 
-async fn connect(
-    proxy: Arc<Proxy>,
-    req: Request<Incoming>,
-    handover: Handover,
-    drain: Drain,
-) -> Response<Body> {
+async fn connect(proxy: Arc<Proxy>, req: Request<Incoming>, handover: Handover) -> Response<Body> {
+    let drain = handover.drain();
     let Some((host, port)) = req
         .uri()
         .authority()
@@ -307,7 +314,14 @@ pub async fn serve_intercepted<IO>(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         let handler = move |req: Request<Body>| {
-            intercept::forward(proxy.clone(), dest.clone(), misdirected.clone(), None, req)
+            intercept::forward(
+                proxy.clone(),
+                dest.clone(),
+                misdirected.clone(),
+                None,
+                None,
+                req,
+            )
         };
         h2serve::serve(tls, handler, drain).await;
         return;
@@ -332,12 +346,15 @@ async fn serve_h1<C>(
 {
     let io = TokioIo::new(client);
     let (lane, mut conns) = lane::Lane::new();
+    let handover = Handover::new(drain.clone());
+    let left = handover.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let fut = intercept::forward(
             proxy.clone(),
             dest.clone(),
             misdirected.clone(),
             Some(lane.clone()),
+            Some(handover.clone()),
             req.map(body::incoming),
         );
         async move { Ok::<_, Infallible>(fut.await) }
@@ -365,6 +382,8 @@ async fn serve_h1<C>(
             _ = async { upstream.as_mut().expect("guarded").await }, if upstream.is_some() => upstream = None,
         }
     }
+    // After a WebSocket upgrade, its frames.
+    left.carry_on().await;
 }
 
 #[cfg(test)]

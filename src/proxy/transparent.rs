@@ -227,12 +227,16 @@ async fn handle(stream: TcpStream, proxy: Arc<Proxy>, names: Arc<NameMap>, drain
                 port,
                 tls: false,
             };
-            let svc =
-                service_fn(move |req: Request<Incoming>| plain(proxy.clone(), dest.clone(), req));
+            let handover = super::Handover::new(drain.clone());
+            let left = handover.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                plain(proxy.clone(), dest.clone(), handover.clone(), req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             let _ = until_drained(conn, drain, |c| c.graceful_shutdown()).await;
+            left.carry_on().await;
         }
         _ => tunnel(stream, proxy, name, port, drain).await,
     }
@@ -304,9 +308,11 @@ async fn dns_reply(query: &[u8], proxy: &Proxy, names: &NameMap) -> Option<Vec<u
 async fn plain(
     proxy: Arc<Proxy>,
     dest: Dest,
+    handover: super::Handover,
     req: Request<Incoming>,
 ) -> Result<hyper::Response<upstream::Body>, Infallible> {
-    Ok(intercept::forward(proxy, dest, None, None, req.map(super::body::incoming)).await)
+    let req = req.map(super::body::incoming);
+    Ok(intercept::forward(proxy, dest, None, None, Some(handover), req).await)
 }
 
 /// DNS over UDP, until `stop`.

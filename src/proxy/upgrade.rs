@@ -1,6 +1,8 @@
 //! A WebSocket upgrade through the proxy: the handshake is swapped like any request and sent on
 //! its own HTTP/1.1 connection; after `101` the two upgraded streams are joined, the agent's
-//! frames checked for tokens and the upstream's scrubbed (`ws`).
+//! frames checked for tokens and the upstream's scrubbed (`ws`). The frame pumps run in the
+//! client connection's task (its `Handover`), so the listener's drain and connection cap count
+//! them: on a drain the agent gets a close frame (1001) after at most `tunnel::GRACE`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +18,18 @@ use super::lane::{h1_handshake, h1_send, Io};
 use super::refusal::Refusal;
 use super::upstream::Body;
 use super::ws;
-use super::{Dest, Proxy};
+use super::{Dest, Handover, Proxy};
 use crate::conceal::replace::Forbidden;
+
+/// The client's side of an upgrade request.
+pub(super) struct Upgrade {
+    /// The client connection once upgraded.
+    pub on_client: hyper::upgrade::OnUpgrade,
+    /// Where the frame pumps go (with the drain they heed); `None`: a task of their own.
+    pub handover: Option<Handover>,
+    /// When the request arrived.
+    pub start: Instant,
+}
 
 /// A WebSocket handshake: swapped like any request, sent on its own HTTP/1.1 connection; after
 /// `101` the two upgraded streams are joined and frames pass unchanged.
@@ -26,9 +38,13 @@ pub(super) async fn websocket(
     dest: Dest,
     method: Method,
     head: SwappedHead,
-    on_client: hyper::upgrade::OnUpgrade,
-    start: Instant,
+    upgrade: Upgrade,
 ) -> Response<Body> {
+    let Upgrade {
+        on_client,
+        handover,
+        start,
+    } = upgrade;
     let io: Box<dyn Io> = if dest.tls {
         match proxy.upstream.connect_tls_h1(&dest.host, dest.port).await {
             Ok(s) => Box::new(s),
@@ -100,7 +116,8 @@ pub(super) async fn websocket(
     // for another host's secret); the upstream's are scrubbed.
     let outbound = proxy.table.for_host(&dest.host, dest.port).body_raw.clone();
     let inbound = proxy.table.scrubber().cloned();
-    tokio::spawn(async move {
+    let mut drain = handover.as_ref().map(Handover::drain);
+    let pumps = async move {
         let (Ok(client), Ok(upstream)) = tokio::join!(on_client, on_upstream) else {
             return;
         };
@@ -110,14 +127,28 @@ pub(super) async fn websocket(
         let stop = {
             let down = ws::pump(up_r, &mut client_w, ws::Rewriter::new(inbound));
             let up = ws::pump(client_r, up_w, ws::Rewriter::new(Some(outbound)));
+            // On a drain, messages in flight get `GRACE` to pass.
+            let drained = async {
+                match drain.as_mut() {
+                    Some(d) => d.requested().await,
+                    None => std::future::pending().await,
+                }
+                tokio::time::sleep(super::tunnel::GRACE).await;
+            };
             tokio::select! {
-                s = down => s,
-                s = up => s,
+                s = down => Some(s),
+                s = up => Some(s),
+                () = drained => None,
             }
         };
         // Both directions have stopped; the agent gets one close frame saying why.
         match stop {
-            ws::Stop::Refused(Forbidden(i)) => {
+            None => {
+                let _ = client_w
+                    .write_all(&ws::close_frame(1001, "kz: shutting down"))
+                    .await;
+            }
+            Some(ws::Stop::Refused(Forbidden(i))) => {
                 let reason = format!(
                     "token of secret {} may not be sent to {} in a websocket message",
                     proxy.table.name(i),
@@ -128,16 +159,22 @@ pub(super) async fn websocket(
                     .write_all(&ws::close_frame(1008, "kz: refused"))
                     .await;
             }
-            ws::Stop::Unreadable(why) => {
+            Some(ws::Stop::Unreadable(why)) => {
                 let reason = format!("{}: {why}; kz cannot scrub it", dest.host);
                 let _ = proxy.refuse(StatusCode::BAD_GATEWAY, &dest.host, &reason);
                 let _ = client_w
                     .write_all(&ws::close_frame(1011, "kz: unreadable frame"))
                     .await;
             }
-            ws::Stop::Closed => {}
+            Some(ws::Stop::Closed) => {}
         }
         let _ = client_w.shutdown().await;
-    });
+    };
+    match handover {
+        Some(h) => h.leave(Box::pin(pumps)),
+        None => {
+            tokio::spawn(pumps);
+        }
+    }
     out
 }

@@ -434,6 +434,78 @@ print("frame", data[2:2 + data[1]].decode())
 }
 
 #[test]
+fn a_websocket_open_when_the_agent_exits_gets_a_going_away_close() {
+    let b = Blind::new();
+    // A background client holds a WebSocket open when the agent's shell exits. Its frame pumps
+    // run under the connection's drain: kz tells it it is going away (close 1001) and ends.
+    let script = r#"
+import os, socket, ssl, base64, sys
+res = sys.argv[1]
+cred, hostport = os.environ["HTTPS_PROXY"][len("http://"):].split("@")
+ph, pp = hostport.split(":")
+port = int(os.environ["UP"].rsplit(":", 1)[1])
+s = socket.create_connection((ph, int(pp)))
+s.sendall(("CONNECT api.kz.test:%d HTTP/1.1\r\nProxy-Authorization: Basic %s\r\n\r\n" % (port, base64.b64encode(cred.encode()).decode())).encode())
+assert s.recv(4096).startswith(b"HTTP/1.1 200"), "connect"
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="api.kz.test")
+t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port).encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    data += t.recv(4096)
+assert data.startswith(b"HTTP/1.1 101"), data
+data = data.split(b"\r\n\r\n", 1)[1]
+open(res + ".open", "w").close()
+t.settimeout(20)
+result = "eof"
+try:
+    while True:
+        while len(data) < 2 or len(data) < 2 + (data[1] & 0x7f):
+            chunk = t.recv(4096)
+            if not chunk:
+                raise EOFError
+            data += chunk
+        op, n = data[0] & 0x0f, data[1] & 0x7f
+        body, data = data[2:2 + n], data[2 + n:]
+        if op == 8:
+            result = "close %d %s" % (int.from_bytes(body[:2], "big"), body[2:].decode())
+            break
+except EOFError:
+    pass
+except Exception as e:
+    result = "error %r" % e
+with open(res + ".tmp", "w") as f:
+    f.write(result)
+os.rename(res + ".tmp", res)
+"#;
+    let result = b.sb.path().join("ws.result");
+    let result_env = result.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = b.run_sh_with(
+        &format!(
+            "\"$PY\" -c '{}' \"$WS_RESULT\" >\"$WS_RESULT.log\" 2>&1 &\nfor i in $(seq 200); do [ -e \"$WS_RESULT.open\" ] && break; sleep 0.05; done\n[ -e \"$WS_RESULT.open\" ] || echo no-upgrade",
+            script.replace('\'', "'\\''")
+        ),
+        &[("WS_RESULT", result_env)],
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("no-upgrade"), "{out}{err}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "kz run took {took:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !result.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let seen = std::fs::read_to_string(&result).unwrap_or_default();
+    let log = std::fs::read_to_string(result.with_extension("result.log")).unwrap_or_default();
+    assert_eq!(seen, "close 1001 kz: shutting down", "{out}{err}{log}");
+}
+
+#[test]
 fn streamed_request_bodies_are_swapped_across_chunks() {
     let b = Blind::new();
     // A chunked upload (HTTP/1.1) whose token straddles chunk boundaries: 5-byte chunks.

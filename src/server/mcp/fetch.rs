@@ -210,7 +210,7 @@ pub async fn fetch(mcp: &KzMcp, args: &Map<String, Value>) -> CallToolResponse {
         tls: true,
     };
     let exchange = async {
-        let resp = crate::proxy::intercept::forward(proxy, dest, None, None, req).await;
+        let resp = crate::proxy::intercept::forward(proxy, dest, None, None, None, req).await;
         let (parts, mut body) = resp.into_parts();
         let mut buf = Vec::new();
         let mut truncated = false;
