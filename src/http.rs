@@ -61,7 +61,7 @@ pub struct HttpClient {
 /// The machine's trust roots, loaded once per process.
 pub fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+    ROOTS.get_or_init(crate::roots::load)
 }
 
 /// Every certificate in PEM text; `what` names its source in errors.

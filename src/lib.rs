@@ -40,6 +40,7 @@ mod policy;
 mod provider;
 mod proxy;
 mod refs;
+mod roots;
 mod secret;
 mod serve;
 mod server;
