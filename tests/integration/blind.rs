@@ -433,12 +433,9 @@ print("frame", data[2:2 + data[1]].decode())
     );
 }
 
-#[test]
-fn a_websocket_open_when_the_agent_exits_gets_a_going_away_close() {
-    let b = Blind::new();
-    // A background client holds a WebSocket open when the agent's shell exits. Its frame pumps
-    // run under the connection's drain: kz tells it it is going away (close 1001) and ends.
-    let script = r#"
+/// Python that opens `t`, TLS to api.kz.test (HTTP/1.1) through kz's explicit proxy, and sets
+/// `port` (the test upstream's) and `res` (the first argument).
+const TLS_TO_API: &str = r#"
 import os, socket, ssl, base64, sys
 res = sys.argv[1]
 cred, hostport = os.environ["HTTPS_PROXY"][len("http://"):].split("@")
@@ -450,6 +447,41 @@ assert s.recv(4096).startswith(b"HTTP/1.1 200"), "connect"
 ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
 ctx.set_alpn_protocols(["http/1.1"])
 t = ctx.wrap_socket(s, server_hostname="api.kz.test")
+"#;
+
+/// Runs `script` (Python, after `TLS_TO_API`) in the background of an agent that exits once the
+/// script has created `$res.open`. Returns how long `kz run` took and what the script wrote to
+/// `res` after that (it keeps running past the agent); `None` if it wrote nothing in 10 s.
+fn outlive_the_agent(b: &Blind, name: &str, script: &str) -> (std::time::Duration, Option<String>) {
+    let result = b.sb.path().join(name);
+    let script = format!("{TLS_TO_API}{script}").replace('\'', "'\\''");
+    let started = std::time::Instant::now();
+    let (code, out, err) = b.run_sh_with(
+        &format!(
+            "\"$PY\" -c '{script}' \"$RES\" >\"$RES.log\" 2>&1 &\nfor i in $(seq 200); do [ -e \"$RES.open\" ] && break; sleep 0.05; done\n[ -e \"$RES.open\" ] || echo not-open\ntouch \"$RES.exiting\""
+        ),
+        &[("RES", result.to_str().unwrap())],
+    );
+    let took = started.elapsed();
+    let log = std::fs::read_to_string(result.with_extension("log")).unwrap_or_default();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("not-open"), "{out}{err}{log}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !result.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (took, std::fs::read_to_string(&result).ok())
+}
+
+#[test]
+fn a_websocket_open_when_the_agent_exits_gets_a_going_away_close() {
+    let b = Blind::new();
+    // A background client holds a WebSocket open when the agent's shell exits. Its frame pumps
+    // run under the connection's drain: kz tells it it is going away (close 1001) and ends.
+    let (took, seen) = outlive_the_agent(
+        &b,
+        "ws",
+        r#"
 t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port).encode())
 data = b""
 while b"\r\n\r\n" not in data:
@@ -478,31 +510,53 @@ except Exception as e:
 with open(res + ".tmp", "w") as f:
     f.write(result)
 os.rename(res + ".tmp", res)
-"#;
-    let result = b.sb.path().join("ws.result");
-    let result_env = result.to_str().unwrap();
-    let started = std::time::Instant::now();
-    let (code, out, err) = b.run_sh_with(
-        &format!(
-            "\"$PY\" -c '{}' \"$WS_RESULT\" >\"$WS_RESULT.log\" 2>&1 &\nfor i in $(seq 200); do [ -e \"$WS_RESULT.open\" ] && break; sleep 0.05; done\n[ -e \"$WS_RESULT.open\" ] || echo no-upgrade",
-            script.replace('\'', "'\\''")
-        ),
-        &[("WS_RESULT", result_env)],
+"#,
     );
-    let took = started.elapsed();
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!out.contains("no-upgrade"), "{out}{err}");
     assert!(
         took < std::time::Duration::from_secs(8),
         "kz run took {took:?}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !result.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let seen = std::fs::read_to_string(&result).unwrap_or_default();
-    let log = std::fs::read_to_string(result.with_extension("result.log")).unwrap_or_default();
-    assert_eq!(seen, "close 1001 kz: shutting down", "{out}{err}{log}");
+    assert_eq!(seen.as_deref(), Some("close 1001 kz: shutting down"));
+}
+
+#[test]
+fn an_idle_keep_alive_connection_closes_as_soon_as_the_agent_exits() {
+    let b = Blind::new();
+    // A background client keeps its connection open after one request (the express path).
+    // When the agent's shell exits, kz's drain closes the idle connection at once rather than
+    // at the end of the drain time (2 s).
+    let (_, seen) = outlive_the_agent(
+        &b,
+        "idle",
+        &format!(
+            "import time{}",
+            r#"
+t.sendall(("GET /echo HTTP/1.1\r\nHost: api.kz.test:%d\r\n\r\n" % port).encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    data += t.recv(4096)
+assert data.startswith(b"HTTP/1.1 200"), data
+open(res + ".open", "w").close()
+while not os.path.exists(res + ".exiting"):
+    time.sleep(0.01)
+t0 = time.monotonic()
+t.settimeout(20)
+try:
+    while t.recv(4096):
+        pass
+except (ssl.SSLError, OSError):
+    pass
+with open(res + ".tmp", "w") as f:
+    f.write("%.3f" % (time.monotonic() - t0))
+os.rename(res + ".tmp", res)
+"#
+        ),
+    );
+    let closed_after: f64 = seen.expect("the client wrote no result").parse().unwrap();
+    assert!(
+        closed_after < 1.0,
+        "the idle connection closed {closed_after} s after the agent exited"
+    );
 }
 
 #[test]
