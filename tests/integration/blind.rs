@@ -61,7 +61,17 @@ expose = [{repo:?}]
 
     /// `run_sh` with more variables in kz's own environment.
     pub fn run_sh_with(&self, script: &str, env: &[(&str, &str)]) -> (i32, String, String) {
-        let mut cmd = self.sb.kz();
+        self.run_sh_via(&[], script, env)
+    }
+
+    /// `run_sh_with`, kz started through `wrapper` (see `Sandbox::kz_via`).
+    pub fn run_sh_via(
+        &self,
+        wrapper: &[&str],
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> (i32, String, String) {
+        let mut cmd = self.sb.kz_via(wrapper);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -517,6 +527,53 @@ os.rename(res + ".tmp", res)
         "kz run took {took:?}"
     );
     assert_eq!(seen.as_deref(), Some("close 1001 kz: shutting down"));
+}
+
+#[test]
+fn upgraded_websockets_count_against_the_connection_cap() {
+    let b = Blind::new();
+    // kz with 256 descriptors serves at most (256 - 64) / 2 = 96 connections at once (see
+    // src/serve.rs); an upgraded WebSocket is still one of them. The agent opens WebSockets
+    // until one is not answered within 2 s, closes one, and the waiting one is then served.
+    let script = format!(
+        "{TLS_TO_API}{}",
+        r#"
+socks = [t]
+def upgrade(t, wait):
+    t.settimeout(wait)
+    t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += t.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+upgrade(t, 10)
+waiting = None
+while len(socks) < 150:
+    try:
+        s = socket.create_connection((ph, int(pp)), timeout=2)
+        s.sendall(("CONNECT api.kz.test:%d HTTP/1.1\r\nProxy-Authorization: Basic %s\r\n\r\n" % (port, base64.b64encode(cred.encode()).decode())).encode())
+        s.recv(4096)
+    except socket.timeout:
+        waiting = s
+        break
+    w = ctx.wrap_socket(s, server_hostname="api.kz.test")
+    upgrade(w, 10)
+    socks.append(w)
+print("served", len(socks))
+socks.pop().close()
+waiting.settimeout(10)
+assert waiting.recv(4096).startswith(b"HTTP/1.1 200"), "the waiting connection"
+print("then served")
+"#
+    );
+    let (code, out, err) = b.run_sh_via(
+        &["prlimit", "--nofile=256:256"],
+        &format!("\"$PY\" -c '{}' x", script.replace('\'', "'\\''")),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("served 96\n"), "{out}{err}");
+    assert!(out.contains("then served"), "{out}{err}");
 }
 
 #[test]

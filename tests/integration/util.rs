@@ -67,7 +67,20 @@ impl Sandbox {
 
     /// `kz` with a clean environment: PATH, HOME and nothing else.
     pub fn kz(&self) -> Command {
-        let mut c = Command::new(kz_bin());
+        self.kz_via(&[])
+    }
+
+    /// `kz` started through `wrapper` (a program and its arguments, kz's path appended), with
+    /// the same environment.
+    pub fn kz_via(&self, wrapper: &[&str]) -> Command {
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(kz_bin());
+                c
+            }
+            None => Command::new(kz_bin()),
+        };
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home())
