@@ -444,7 +444,8 @@ print("frame", data[2:2 + data[1]].decode())
 }
 
 /// Python that opens `t`, TLS to api.kz.test (HTTP/1.1) through kz's explicit proxy, and sets
-/// `port` (the test upstream's) and `res` (the first argument).
+/// `port` (the test upstream's) and `res` (the first argument); `get` sends a request and reads
+/// its head, `UPGRADE` holds a WebSocket handshake's headers.
 const TLS_TO_API: &str = r#"
 import os, socket, ssl, base64, sys
 res = sys.argv[1]
@@ -457,6 +458,14 @@ assert s.recv(4096).startswith(b"HTTP/1.1 200"), "connect"
 ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
 ctx.set_alpn_protocols(["http/1.1"])
 t = ctx.wrap_socket(s, server_hostname="api.kz.test")
+UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+def get(t, path, extra, status):
+    t.sendall(("GET %s HTTP/1.1\r\nHost: api.kz.test:%d\r\n%s\r\n" % (path, port, extra)).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += t.recv(4096)
+    assert data.startswith(b"HTTP/1.1 " + status), data
+    return data.split(b"\r\n\r\n", 1)[1]
 "#;
 
 /// Runs `script` (Python, after `TLS_TO_API`) in the background of an agent that exits once the
@@ -492,12 +501,7 @@ fn a_websocket_open_when_the_agent_exits_gets_a_going_away_close() {
         &b,
         "ws",
         r#"
-t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port).encode())
-data = b""
-while b"\r\n\r\n" not in data:
-    data += t.recv(4096)
-assert data.startswith(b"HTTP/1.1 101"), data
-data = data.split(b"\r\n\r\n", 1)[1]
+data = get(t, "/ws", UPGRADE, b"101")
 open(res + ".open", "w").close()
 t.settimeout(20)
 result = "eof"
@@ -541,11 +545,7 @@ fn upgraded_websockets_count_against_the_connection_cap() {
 socks = [t]
 def upgrade(t, wait):
     t.settimeout(wait)
-    t.sendall(("GET /ws HTTP/1.1\r\nHost: api.kz.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += t.recv(4096)
-    assert head.startswith(b"HTTP/1.1 101"), head
+    get(t, "/ws", UPGRADE, b"101")
 upgrade(t, 10)
 waiting = None
 while len(socks) < 150:
@@ -588,11 +588,7 @@ fn an_idle_keep_alive_connection_closes_as_soon_as_the_agent_exits() {
         &format!(
             "import time{}",
             r#"
-t.sendall(("GET /echo HTTP/1.1\r\nHost: api.kz.test:%d\r\n\r\n" % port).encode())
-data = b""
-while b"\r\n\r\n" not in data:
-    data += t.recv(4096)
-assert data.startswith(b"HTTP/1.1 200"), data
+get(t, "/echo", "", b"200")
 open(res + ".open", "w").close()
 while not os.path.exists(res + ".exiting"):
     time.sleep(0.01)
