@@ -7,8 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The kz under test: `KZ_TEST_BIN` when set (`scripts/test` runs these tests a second time on
+/// the shipped build that `scripts/build-pgo` makes), else this checkout's build.
 pub fn kz_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kz"))
+    match std::env::var_os("KZ_TEST_BIN") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "KZ_TEST_BIN={}: no such file", p.display());
+            p
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_kz")),
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {
